@@ -1,0 +1,386 @@
+"""Exact, batched one-vs-many LightGlue.
+
+Upstream LightGlue matches one pair per forward. Its own batching pads nothing (all pairs must have the
+same keypoint counts) and takes one early-stopping decision for the whole batch. This module runs the
+same network (upstream modules and weights, our forward) on one query against many database feature
+sets at once and reproduces the single-pair forward for every pair:
+
+* both sides are padded to a common length; a per-point ``alive`` mask is honoured as a key-padding
+  mask in self- and cross-attention and in the assignment (dead rows/columns can never match);
+* point pruning clears ``alive`` bits of one pair only, and pruned points are compacted away when the
+  batch's longest side shrinks, so nothing leaks between pairs;
+* early stopping is decided per pair with upstream's rule; finished pairs are scored with the
+  assignment head of the layer they stopped at and dropped from the batch.
+
+The query's input projection, positional encoding and first self-attention are computed once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("wbia_lightglue")
+
+# Upstream prunes points only where the gather pays off: always on CPU, above 1536 points with flash.
+PRUNING_MIN_POINTS = {"cpu": -1, "cuda": 1536}
+
+
+@dataclass
+class MatchResult:
+    """LightGlue's answer for one (query, database) pair.
+
+    ``score`` is the sum of the confidences of the matches above ``filter_threshold`` (raw, unbounded);
+    ``matches`` is [K x 2] (query keypoint index, database keypoint index) and ``confidences`` [K],
+    present when asked for; ``stop_layer`` is the number of layers the pair ran.
+    """
+
+    score: float
+    num_matches: int
+    stop_layer: int
+    matches: Optional[np.ndarray] = None
+    confidences: Optional[np.ndarray] = None
+
+
+@dataclass
+class _Side:
+    """Padded state of one side of the active pairs: [B x L x ...] tensors plus an alive mask."""
+
+    desc: torch.Tensor  # B x L x D
+    enc: torch.Tensor  # 2 x B x 1 x L x head_dim (rotary cos/sin)
+    alive: torch.Tensor  # B x L bool
+    index: torch.Tensor  # B x L original keypoint index (changes only on compaction)
+
+    def select(self, rows: torch.Tensor) -> "_Side":
+        return _Side(self.desc[rows], self.enc[:, rows], self.alive[rows], self.index[rows])
+
+    def compact(self) -> "_Side":
+        """Move alive points to the front of each row and trim the common padding."""
+        length = int(self.alive.sum(1).max())
+        if length >= self.alive.shape[1]:
+            return self
+        order = torch.sort((~self.alive).to(torch.int8), dim=1, stable=True).indices[:, :length]
+        gather_d = order[..., None].expand(-1, -1, self.desc.shape[-1])
+        gather_e = order[None, :, None, :, None].expand(2, -1, 1, -1, self.enc.shape[-1])
+        return _Side(
+            self.desc.gather(1, gather_d),
+            self.enc.gather(3, gather_e),
+            self.alive.gather(1, order),
+            self.index.gather(1, order),
+        )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x = x.unflatten(-1, (-1, 2))
+    x1, x2 = x.unbind(dim=-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(start_dim=-2)
+
+
+def _rotary(enc: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return (t * enc[0]) + (_rotate_half(t) * enc[1])
+
+
+def _attention(q, k, v, key_alive: Optional[torch.Tensor]) -> torch.Tensor:
+    mask = None if key_alive is None else key_alive[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def self_block(block, x: torch.Tensor, enc: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+    """Upstream SelfBlock with a key-padding mask (B x L bool, True = real point)."""
+    qkv = block.Wqkv(x).unflatten(-1, (block.num_heads, -1, 3)).transpose(1, 2)
+    q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
+    context = _attention(_rotary(enc, q), _rotary(enc, k), v, alive)
+    message = block.out_proj(context.transpose(1, 2).flatten(start_dim=-2))
+    return x + block.ffn(torch.cat([x, message], -1))
+
+
+def cross_block(block, x0, x1, alive0, alive1):
+    """Upstream CrossBlock (bidirectional attention, shared q/k projection) with key-padding masks.
+
+    Upstream's CPU path computes one similarity matrix and two softmaxes; scaled_dot_product_attention in
+    both directions gives the same result (the scale is split the same way) and is much faster.
+    """
+    heads = block.heads
+    qk0, qk1 = block.to_qk(x0), block.to_qk(x1)
+    v0, v1 = block.to_v(x0), block.to_v(x1)
+    qk0, qk1, v0, v1 = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (qk0, qk1, v0, v1))
+    m0 = _attention(qk0, qk1, v1, alive1)
+    m1 = _attention(qk1, qk0, v0, alive0)
+    m0, m1 = (block.to_out(t.transpose(1, 2).flatten(start_dim=-2)) for t in (m0, m1))
+    return x0 + block.ffn(torch.cat([x0, m0], -1)), x1 + block.ffn(torch.cat([x1, m1], -1))
+
+
+def transformer_layer(layer, desc0, desc1, enc0, enc1, alive0, alive1):
+    desc0 = self_block(layer.self_attn, desc0, enc0, alive0)
+    desc1 = self_block(layer.self_attn, desc1, enc1, alive1)
+    return cross_block(layer.cross_attn, desc0, desc1, alive0, alive1)
+
+
+def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Upstream's normalisation: centre on the image, scale by half its long edge. kpts B x N x 2, size B x 2."""
+    size = size.to(kpts)
+    shift = size / 2
+    scale = size.max(-1).values / 2
+    return (kpts - shift[..., None, :]) / scale[..., None, None]
+
+
+def log_assignment(head, desc0, desc1, alive0, alive1) -> torch.Tensor:
+    """Upstream MatchAssignment restricted to the M x N block (no dustbins: matching never reads them).
+
+    Entries involving a dead point are -inf, so they can never be a row's or column's maximum.
+    """
+    mdesc0, mdesc1 = head.final_proj(desc0), head.final_proj(desc1)
+    d = mdesc0.shape[-1]
+    mdesc0, mdesc1 = mdesc0 / d**0.25, mdesc1 / d**0.25
+    sim = torch.einsum("bmd,bnd->bmn", mdesc0, mdesc1)
+    valid = alive0[:, :, None] & alive1[:, None, :]
+    sim = sim.masked_fill(~valid, -math.inf)
+    z0, z1 = head.matchability(desc0), head.matchability(desc1)
+    certainties = F.logsigmoid(z0) + F.logsigmoid(z1).transpose(1, 2)
+    scores = F.log_softmax(sim, 2) + F.log_softmax(sim, 1) + certainties
+    return scores.masked_fill(~valid, -math.inf)  # also clears NaN of all-dead rows/columns
+
+
+def filter_matches(scores: torch.Tensor, alive0: torch.Tensor, threshold: float):
+    """Mutual nearest neighbours above ``threshold`` (upstream's rule). Returns (m0, mscores0, valid0)."""
+    max0, max1 = scores.max(2), scores.max(1)
+    m0, m1 = max0.indices, max1.indices
+    rows = torch.arange(m0.shape[1], device=m0.device)[None]
+    mutual0 = rows == m1.gather(1, m0)
+    mscores0 = torch.where(mutual0, max0.values.exp(), max0.values.new_tensor(0))
+    valid0 = mutual0 & (mscores0 > threshold) & alive0
+    return m0, mscores0, valid0
+
+
+class BatchedLightGlue:
+    """Scores one query against many database feature sets with an upstream ``LightGlue`` model.
+
+    Args:
+        model: an upstream ``LightGlue(features='aliked')`` module (weights loaded, eval mode).
+        device: where to run.
+        dtype: dtype of the transformer layers (float32, or bfloat16/float16 for mixed precision);
+            confidences, pruning decisions and the assignment are always computed in float32.
+        compile: wrap the transformer layer in ``torch.compile`` (falls back to eager on failure).
+        memory_budget: bytes a batch may use; None = half the free GPU memory on CUDA, 1 GiB on CPU.
+    """
+
+    def __init__(self, model, device: torch.device, dtype: torch.dtype = torch.float32, compile: bool = False,
+                 memory_budget: Optional[int] = None):
+        self.model = model
+        self.memory_budget = memory_budget
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.n_layers = model.conf.n_layers
+        self.thresholds = model.confidence_thresholds.float()
+        self._layer_fn: Callable = transformer_layer
+        if compile:
+            try:
+                self._layer_fn = torch.compile(transformer_layer, dynamic=True)
+            except Exception as exc:  # noqa: BLE001 - any compile problem means eager
+                logger.warning("torch.compile unavailable (%s); LightGlue runs eagerly", exc)
+
+    def _run_layer(self, i, desc0, desc1, enc0, enc1, alive0, alive1):
+        layer = self.model.transformers[i]
+        autocast = self.dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+            try:
+                return self._layer_fn(layer, desc0, desc1, enc0, enc1, alive0, alive1)
+            except Exception as exc:  # noqa: BLE001
+                if self._layer_fn is transformer_layer:
+                    raise
+                logger.warning("compiled LightGlue layer failed (%s); falling back to eager", exc)
+                self._layer_fn = transformer_layer
+                return transformer_layer(layer, desc0, desc1, enc0, enc1, alive0, alive1)
+
+    # ------------------------------------------------------------------ inputs
+    def _tensor(self, array, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
+
+    def _encode(self, kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        return self.model.posenc(normalize_keypoints(kpts, size))
+
+    def _database_side(self, feats: Sequence[dict], length: int) -> _Side:
+        """Pad a batch of database feature sets to ``length`` points."""
+        b, dim = len(feats), self.model.conf.input_dim
+        kpts = torch.zeros(b, length, 2, device=self.device)
+        desc = torch.zeros(b, length, dim, device=self.device)
+        alive = torch.zeros(b, length, dtype=torch.bool, device=self.device)
+        for row, f in enumerate(feats):
+            n = len(f["keypoints"])
+            kpts[row, :n] = self._tensor(f["keypoints"])
+            desc[row, :n] = self._tensor(f["descriptors"])
+            alive[row, :n] = True
+        size = self._tensor(np.stack([np.asarray(f["image_size"], dtype=np.float32) for f in feats]))
+        enc = self._encode(kpts, size)
+        index = torch.arange(length, device=self.device).expand(b, -1)
+        return _Side(self.model.input_proj(desc), enc, alive, index)
+
+    # ------------------------------------------------------------------ main entry
+    @torch.no_grad()
+    def match(
+        self,
+        query: dict,
+        database: Sequence[dict],
+        depth_confidence: float = 0.95,
+        width_confidence: float = 0.99,
+        filter_threshold: float = 0.1,
+        batch_size: Optional[int] = None,
+        return_matches: bool = False,
+        progress: bool = False,
+    ) -> List[MatchResult]:
+        """Match ``query`` against every entry of ``database``; results in input order."""
+        results: List[Optional[MatchResult]] = [None] * len(database)
+        m = len(query["keypoints"])
+        sizes = [len(f["keypoints"]) for f in database]
+        for j, n in enumerate(sizes):
+            if m == 0 or n == 0:  # upstream breaks before the first layer: nothing can match
+                results[j] = self._empty(1, m, n, return_matches)
+        todo = sorted((j for j in range(len(database)) if results[j] is None), key=lambda j: -sizes[j])
+        if not todo:
+            return results  # type: ignore[return-value]
+
+        query_side = self._query_side(query)
+        bar = tqdm(total=len(todo), desc="LightGlue", unit="pair", disable=not progress, leave=False)
+        start = 0
+        while start < len(todo):
+            n_max = sizes[todo[start]]
+            size = batch_size or self.auto_batch_size(m, n_max)
+            chunk = todo[start:start + size]
+            for j, result in zip(chunk, self._match_batch(
+                    query_side, [database[j] for j in chunk], m, [sizes[j] for j in chunk],
+                    depth_confidence, width_confidence, filter_threshold, return_matches)):
+                results[j] = result
+            bar.update(len(chunk))
+            start += len(chunk)
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _query_side(self, query: dict) -> _Side:
+        m = len(query["keypoints"])
+        kpts = self._tensor(query["keypoints"])[None]
+        size = self._tensor(np.asarray(query["image_size"], dtype=np.float32))[None]
+        desc = self.model.input_proj(self._tensor(query["descriptors"])[None])
+        alive = torch.ones(1, m, dtype=torch.bool, device=self.device)
+        index = torch.arange(m, device=self.device)[None]
+        return _Side(desc, self._encode(kpts, size), alive, index)
+
+    def auto_batch_size(self, m: int, n: int) -> int:
+        """Pairs per batch from a memory budget (free GPU memory on CUDA, a fixed budget on CPU)."""
+        budget = self.memory_budget_bytes()
+        heads = self.model.conf.num_heads
+        dim = self.model.conf.descriptor_dim
+        # attention/similarity matrices (fp32, a few live at once) + per-point activations
+        per_pair = 4 * (heads + 4) * (m * m + n * n + 2 * m * n) + 4 * 16 * dim * (m + n)
+        return int(max(1, min(256, budget // max(per_pair, 1))))
+
+    def memory_budget_bytes(self) -> int:
+        if self.memory_budget:
+            return self.memory_budget
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * 0.5)
+        return 1 << 30
+
+    # ------------------------------------------------------------------ the forward
+    def _match_batch(self, query_side, feats, m, sizes, depth_conf, width_conf, threshold, return_matches):
+        b = len(feats)
+        n = torch.tensor(sizes, device=self.device)
+        side1 = self._database_side(feats, max(sizes))
+        side0 = _Side(query_side.desc.expand(b, -1, -1), query_side.enc.expand(-1, b, -1, -1, -1),
+                      query_side.alive.expand(b, -1), query_side.index.expand(b, -1))
+        pair = torch.arange(b, device=self.device)  # active row -> position in this batch
+        results: List[Optional[MatchResult]] = [None] * b
+        prune_min = PRUNING_MIN_POINTS.get(self.device.type, -1)
+        for i in range(self.n_layers):
+            done = (side0.alive.sum(1) == 0) | (side1.alive.sum(1) == 0)  # everything pruned on a side
+            if done.any():
+                for row in done.nonzero()[:, 0].tolist():
+                    results[int(pair[row])] = self._empty(i + 1, m, sizes[int(pair[row])], return_matches)
+                side0, side1, pair, n = self._drop(side0, side1, pair, n, done)
+                if len(pair) == 0:
+                    return results
+            d0, d1 = self._run_layer(i, side0.desc, side1.desc, side0.enc, side1.enc, side0.alive, side1.alive)
+            side0.desc, side1.desc = d0.to(side0.desc.dtype), d1.to(side1.desc.dtype)
+            if i == self.n_layers - 1:
+                break
+            token0 = token1 = None
+            if depth_conf > 0:
+                token0, token1 = self._tokens(i, side0.desc, side1.desc)
+                stop = self._stop(i, token0, token1, side0.alive, side1.alive, m + n, depth_conf)
+                if stop.any():
+                    self._finish(i, side0.select(stop), side1.select(stop), pair[stop], threshold,
+                                 return_matches, results)
+                    keep = ~stop
+                    side0, side1, pair, n = self._drop(side0, side1, pair, n, stop)
+                    token0, token1 = token0[keep], token1[keep]
+                    if len(pair) == 0:
+                        return results
+            if width_conf > 0:
+                side0.alive = self._prune(i, side0, token0, width_conf, prune_min)
+                side1.alive = self._prune(i, side1, token1, width_conf, prune_min)
+                side0, side1 = self._maybe_compact(side0), self._maybe_compact(side1)
+        self._finish(self.n_layers - 1, side0, side1, pair, threshold, return_matches, results)
+        return results
+
+    @staticmethod
+    def _drop(side0, side1, pair, n, rows):
+        keep = ~rows
+        return side0.select(keep), side1.select(keep), pair[keep], n[keep]
+
+    def _tokens(self, i, desc0, desc1):
+        token = self.model.token_confidence[i].token
+        return token(desc0.float()).squeeze(-1), token(desc1.float()).squeeze(-1)
+
+    def _stop(self, i, token0, token1, alive0, alive1, num_points, depth_conf) -> torch.Tensor:
+        """Upstream's rule per pair: pruned points count as confident; denominator = original m + n."""
+        threshold = self.thresholds[i]
+        low = ((token0 < threshold) & alive0).sum(1) + ((token1 < threshold) & alive1).sum(1)
+        ratio_confident = 1.0 - low.float() / num_points.float()
+        return ratio_confident > depth_conf
+
+    def _prune(self, i, side: _Side, token, width_conf, prune_min) -> torch.Tensor:
+        """Clear the alive bit of points upstream would prune, per pair, only where it would prune."""
+        counts = side.alive.sum(1)
+        applies = counts > prune_min
+        if not applies.any():
+            return side.alive
+        matchability = torch.sigmoid(self.model.log_assignment[i].matchability(side.desc.float())).squeeze(-1)
+        keep = matchability > (1 - width_conf)
+        if token is not None:  # low-confidence points are never pruned
+            keep |= token <= self.thresholds[i]
+        return torch.where(applies[:, None], side.alive & keep, side.alive)
+
+    @staticmethod
+    def _maybe_compact(side: _Side) -> _Side:
+        longest = int(side.alive.sum(1).max())
+        return side.compact() if longest <= 0.8 * side.alive.shape[1] else side
+
+    def _finish(self, i, side0, side1, pair, threshold, return_matches, results):
+        scores = log_assignment(self.model.log_assignment[i], side0.desc.float(), side1.desc.float(),
+                                side0.alive, side1.alive)
+        m0, mscores0, valid0 = filter_matches(scores, side0.alive, threshold)
+        totals = torch.where(valid0, mscores0, mscores0.new_tensor(0)).sum(1).tolist()
+        counts = valid0.sum(1).tolist()
+        for row, target in enumerate(pair.tolist()):
+            result = MatchResult(score=float(totals[row]), num_matches=int(counts[row]), stop_layer=i + 1)
+            if return_matches:
+                rows = valid0[row].nonzero()[:, 0]
+                q_index = side0.index[row, rows]
+                d_index = side1.index[row, m0[row, rows]]
+                result.matches = torch.stack([q_index, d_index], -1).cpu().numpy().astype(np.int64)
+                result.confidences = mscores0[row, rows].float().cpu().numpy()
+            results[target] = result
+
+    @staticmethod
+    def _empty(stop_layer, m, n, return_matches) -> MatchResult:
+        result = MatchResult(score=0.0, num_matches=0, stop_layer=stop_layer)
+        if return_matches:
+            result.matches = np.zeros((0, 2), dtype=np.int64)
+            result.confidences = np.zeros((0,), dtype=np.float32)
+        return result
