@@ -1,0 +1,477 @@
+"""Wildbook IA glue: ibs methods, dependency-cache tables, the LightGlue query request and web routes.
+
+The only module of the package that imports wbia. It holds no algorithm: features, scores and name
+scores come from :mod:`wbia_lightglue.core`, the evaluation protocol from
+:mod:`wbia_lightglue.evaluation` and the match drawing from :mod:`wbia_lightglue.viz`.
+
+WBIA reads its plugin registries when a controller is built, so this module must be imported before
+``wbia.opendb`` (``import wbia_lightglue`` arranges that); an open controller can attach it late with
+``ibs.load_plugin_module(wbia_lightglue._plugin)`` followed by ``ibs._init_depcache()``.
+
+Registered here:
+
+* ibs methods ``lightglue_compute_features``, ``lightglue_features``, ``lightglue_match_scores``,
+  ``lightglue_evaluate`` (and the web handlers below);
+* depc tables ``LightGlueFeatures`` (per annotation) and ``LightGlue`` (per annotation pair, with the
+  request class used by ``ibs.query_chips(..., cfgdict={'pipeline_root': 'LightGlue'})``);
+* routes ``/api/plugin/lightglue/match/score/``, ``/api/plugin/lightglue/config/`` and
+  ``/api/plugin/lightglue/feature/``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from . import _wbia_compat
+
+_wbia_compat.apply()
+
+import numpy as np  # noqa: E402
+import utool as ut  # noqa: E402
+import wbia  # noqa: E402
+from wbia import constants as const  # noqa: E402
+from wbia import dtool  # noqa: E402
+from wbia.control import controller_inject  # noqa: E402
+
+from . import core, viz  # noqa: E402
+from .core import LightGlueConfig as CoreConfig  # noqa: E402
+from .evaluation import DEFAULT_RANKS, evaluate_scores, score_all_pairs  # noqa: E402
+
+logger = logging.getLogger("wbia_lightglue")
+
+# ``ibs.load_plugin_module`` looks this name up on the module: keep it.
+CLASS_INJECT_KEY, register_ibs_method = controller_inject.make_ibs_register_decorator(__name__)
+register_api = controller_inject.get_wbia_flask_api(__name__)
+register_preproc_annot = controller_inject.register_preprocs["annot"]
+
+FEATURES_TABLE = "LightGlueFeatures"
+PAIRWISE_TABLE = "LightGlue"
+FEATURE_COLUMNS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
+API_PREFIX = "/api/plugin/lightglue"
+
+ConfigPath = Union[str, Path, None]
+
+
+# ============================================================================ annotations and chips
+def _annot_chips(ibs, aids: Sequence[int]) -> List[Optional[np.ndarray]]:
+    """BGR chips in ``aids`` order; None (and a warning naming the annotation) where there is none.
+
+    WBIA computes chips in one batch and one unreadable image fails the whole batch, so on failure
+    each annotation is retried alone to isolate the bad ones.
+    """
+    try:
+        chips = list(ibs.get_annot_chips(list(aids)))
+    except Exception as exc:  # noqa: BLE001 - any image error; isolated below
+        logger.info("chip batch failed (%s); computing the %d chips one by one", exc, len(aids))
+        chips = [_one_chip(ibs, aid) for aid in aids]
+    for aid, chip in zip(aids, chips):
+        if chip is None:
+            logger.warning("annotation %d: no chip (image %s missing or unreadable); it scores 0",
+                           aid, _image_path(ibs, aid))
+    return chips
+
+
+def _one_chip(ibs, aid: int) -> Optional[np.ndarray]:
+    try:
+        return ibs.get_annot_chips([aid])[0]
+    except Exception as exc:  # noqa: BLE001 - a corrupt or missing file raises many kinds of error
+        logger.warning("annotation %d: its chip cannot be computed from image %s (%s: %s); it scores 0",
+                       aid, _image_path(ibs, aid), type(exc).__name__, exc)
+        return None
+
+
+def _image_path(ibs, aid: int) -> Optional[str]:
+    try:
+        return ibs.get_annot_image_paths([aid])[0]
+    except Exception:  # noqa: BLE001 - only used in a message
+        return None
+
+
+def _annot_uuids(ibs, aids: Sequence[int]) -> List[uuid.UUID]:
+    """Annotation UUIDs (the feature cache key: stable, and unique across databases in one process)."""
+    uuids = ibs.get_annot_uuids(list(aids))
+    unknown = [aid for aid, u in zip(aids, uuids) if u is None]
+    if unknown:
+        raise ValueError(f"unknown annotation ids: {unknown}")
+    return list(uuids)
+
+
+# ============================================================================ features
+@register_ibs_method
+def lightglue_compute_features(ibs, aid_list: Sequence[int], config_path: ConfigPath = None) -> List[dict]:
+    """ALIKED features of each annotation's chip, computed now (no cache, no SQLite).
+
+    An annotation whose image is missing or unreadable, or whose chip is empty, gets empty features
+    (every score against it is 0) and a logged warning naming it; the others are unaffected.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    return core.extract_features(_annot_chips(ibs, aids), config, keys=aids, errors="warn")
+
+
+@register_ibs_method
+def lightglue_features(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
+                       use_depc: bool = True) -> List[dict]:
+    """Features of each annotation, in order (never None): in-memory LRU, then SQLite, then computed.
+
+    The in-memory cache is keyed by annotation UUID and the config's feature fingerprint. With
+    ``use_depc`` the misses are read from (or computed into) the ``LightGlueFeatures`` table.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    uuids = _annot_uuids(ibs, aids)
+    aid_of = dict(zip(uuids, aids))
+
+    def compute(missing: List[uuid.UUID]) -> List[dict]:
+        missing_aids = [aid_of[u] for u in missing]
+        if use_depc:
+            return _stored_features(ibs, missing_aids, config)
+        return ibs.lightglue_compute_features(missing_aids, config)
+
+    return core.get_feature_cache(config).get_or_compute(uuids, config.feature_fingerprint, compute)
+
+
+def _features_depc_config(config: CoreConfig) -> Dict[str, Any]:
+    # The fingerprint makes SQLite rows follow the file's *contents*: editing a config file that
+    # changes the features stores new rows instead of returning stale ones.
+    return {"config_path": config.source, "fingerprint": config.feature_fingerprint}
+
+
+def _stored_features(ibs, aids: List[int], config: CoreConfig) -> List[dict]:
+    rows = ibs.depc_annot.get(FEATURES_TABLE, aids, None, config=_features_depc_config(config))
+    return [_row_to_features(row, config) for row in rows]
+
+
+def _row_to_features(row: Tuple[np.ndarray, ...], config: CoreConfig) -> dict:
+    feats = {name: np.asarray(value) for name, value in zip(FEATURE_COLUMNS, row)}
+    feats["fingerprint"] = config.feature_fingerprint
+    return feats
+
+
+class LightGlueFeaturesConfig(dtool.Config):
+    """Config of the LightGlueFeatures table: the config file and the feature fingerprint of its contents."""
+
+    _param_info_list = [
+        ut.ParamInfo("config_path", None),
+        ut.ParamInfo("fingerprint", None),
+    ]
+
+
+@register_preproc_annot(
+    tablename=FEATURES_TABLE,
+    parents=[const.ANNOTATION_TABLE],
+    colnames=list(FEATURE_COLUMNS),
+    coltypes=[np.ndarray] * len(FEATURE_COLUMNS),
+    configclass=LightGlueFeaturesConfig,
+    fname="lightglue",
+    chunksize=64,
+)
+def compute_lightglue_features(depc, aid_list: Sequence[int], config=None) -> Iterator[tuple]:
+    """depc: one row (keypoints, descriptors, keypoint_scores, image_size) per annotation."""
+    config = config or {}
+    lightglue_config = core.load_config(config["config_path"] if "config_path" in config else None)
+    expected = config["fingerprint"] if "fingerprint" in config else None
+    if expected is not None and expected != lightglue_config.feature_fingerprint:
+        raise core.ConfigError(
+            f"config {lightglue_config.source} changed while features were requested "
+            f"(fingerprint {lightglue_config.feature_fingerprint}, expected {expected})")
+    for feats in depc.controller.lightglue_compute_features(list(aid_list), lightglue_config):
+        yield tuple(feats[name] for name in FEATURE_COLUMNS)
+
+
+# ============================================================================ scores
+def _scores_one_to_many(ibs, qaid: int, daids: Sequence[int], config: CoreConfig) -> List[float]:
+    """One batched LightGlue call: the query against every database annotation."""
+    if not daids:
+        return []
+    feats = ibs.lightglue_features([qaid, *daids], config)
+    return core.match_scores(feats[0], feats[1:], config)
+
+
+@register_ibs_method
+def lightglue_match_scores(ibs, qaid: int, daid_list: Sequence[int], config_path: ConfigPath = None) -> List[float]:
+    """Raw scores (config ``score``; default: sum of match confidences) of ``qaid`` vs each daid, in order.
+
+    The query is never matched with itself: where it appears among the daids its score is 0.
+    """
+    config = core.load_config(config_path)
+    daids = list(daid_list)
+    others = list(dict.fromkeys(d for d in daids if d != qaid))
+    by_daid = dict(zip(others, _scores_one_to_many(ibs, qaid, others, config)))
+    return [by_daid.get(d, 0.0) for d in daids]
+
+
+def _pair_scores(ibs, qaids: Sequence[int], daids: Sequence[int], config: CoreConfig) -> List[float]:
+    """Scores of the pairs (qaids[k], daids[k]): one batched call per distinct query."""
+    positions: Dict[int, List[int]] = {}
+    for k, qaid in enumerate(qaids):
+        positions.setdefault(qaid, []).append(k)
+    scores = [0.0] * len(qaids)
+    for qaid, ks in positions.items():
+        row = lightglue_match_scores(ibs, qaid, [daids[k] for k in ks], config)
+        for k, score in zip(ks, row):
+            scores[k] = score
+    return scores
+
+
+@register_ibs_method
+def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
+                       ranks: Sequence[int] = DEFAULT_RANKS) -> float:
+    """Rank-1 accuracy of 1-vs-all identification over ``aid_list``, labelled by name.
+
+    Uses the project's one evaluation protocol (:mod:`wbia_lightglue.evaluation`): each unordered
+    pair is scored once; unnamed annotations (nid <= 0) are never a correct match; queries without
+    another sighting are skipped and counted. The full table (CMC, mAP, skipped) is logged.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    nids = ibs.get_annot_nids(aids)
+    feats = ibs.lightglue_features(aids, config)
+    logger.info("lightglue_evaluate: %d annotations, %d names, config %s", len(aids),
+                len({n for n in nids if n is not None and n > 0}), config.source or "defaults")
+
+    def one_to_many(i: int, js: List[int]) -> List[float]:
+        return core.match_scores(feats[i], [feats[j] for j in js], config)
+
+    scores = score_all_pairs(len(aids), one_to_many)
+    report = evaluate_scores(scores, nids, ids=aids, ranks=ranks, name_score=config["name_score"])
+    logger.info("lightglue_evaluate (aids %s):\n%s", _abbreviate(aids), report.table())
+    return report.rank1
+
+
+def _abbreviate(items: Sequence[Any], limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+
+
+# ============================================================================ pairwise table and request
+class LightGlueConfig(dtool.Config):  # the name makes the table and pipeline_root 'LightGlue'
+    """Config of the LightGlue pairwise table and query request.
+
+    ``config_path``: the plugin config file (None: the default file or built-in defaults).
+    ``name_score``: how a name's annotation scores become its name score ('max' or 'sum', ...).
+    ``fingerprint`` is filled in by the request from the file's contents (stored scores follow edits).
+    """
+
+    _param_info_list = [
+        ut.ParamInfo("config_path", None),
+        ut.ParamInfo("name_score", "max", valid_values=list(core.NAME_SCORES)),
+        ut.ParamInfo("fingerprint", None),
+    ]
+
+
+def _annot_match(ibs, qaid: int, daids: Sequence[int], scores: Sequence[float], name_score: str):
+    """A WBIA AnnotMatch with annotation scores and name scores (core.name_scores over the daids' nids)."""
+    cm = wbia.AnnotMatch()
+    cm.qaid = qaid
+    cm.qnid = ibs.get_annot_nids(qaid)
+    cm.daid_list = np.asarray(daids, dtype=np.int64)
+    cm.dnid_list = np.asarray(ibs.get_annot_nids(list(daids)), dtype=np.int64)
+    cm._update_daid_index()
+    cm._update_unique_nid_index()
+    per_name = core.name_scores(scores, cm.dnid_list.tolist(), name_score)
+    cm.set_cannonical_name_score(np.asarray(scores, dtype=float),
+                                 np.asarray([per_name[nid] for nid in cm.unique_nids], dtype=float))
+    return cm
+
+
+class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
+    """``depc_annot.new_request('LightGlue', qaids, daids, cfg)``; also ``pipeline_root='LightGlue'``.
+
+    Pairs are (query, database) with the query itself left out; ``execute()`` returns one AnnotMatch
+    per query (in first-appearance order) and computes only pairs not already stored.
+    """
+
+    _symmetric = False
+    _tablename = PAIRWISE_TABLE
+
+    @classmethod
+    def new(cls, depc, qaid_list, daid_list, cfgdict=None, tablename=None):
+        cfgdict = dict(cfgdict or {})
+        # Read the config now: a bad file fails the request up front, and the fingerprint of its
+        # contents keys the stored scores.
+        config = core.load_config(cfgdict.get("config_path"))
+        cfgdict["fingerprint"] = config.match_fingerprint
+        return super().new(depc, qaid_list, daid_list, cfgdict, tablename)
+
+    def postprocess_execute(request, table, parent_rowids, rowids, result_list):
+        ibs = request.depc.controller
+        grouped: Dict[int, Tuple[List[int], List[float]]] = {}
+        for (qaid, daid), row in zip(parent_rowids, result_list):
+            daids, scores = grouped.setdefault(qaid, ([], []))
+            daids.append(daid)
+            scores.append(row[0] if isinstance(row, (tuple, list)) else row)
+        name_score = request.config["name_score"]
+        return [_annot_match(ibs, qaid, daids, scores, name_score) for qaid, (daids, scores) in grouped.items()]
+
+    def render_single_result(request, cm, aid, **kwargs):
+        """The two chips with LightGlue's correspondences drawn between them (BGR image)."""
+        ibs = request.depc.controller
+        config = core.load_config(request.config["config_path"])
+        chips = _annot_chips(ibs, [cm.qaid, aid])
+        feats = ibs.lightglue_features([cm.qaid, aid], config)
+        result = core.match_pairs(feats[0], [feats[1]], config, return_matches=True)[0]
+        blank = np.full((64, 64, 3), 255, np.uint8)  # a missing chip is drawn as a blank tile
+        title = f"aid {cm.qaid} vs aid {aid}: {result.num_matches} matches, score {result.score:.1f}"
+        return viz.draw_matches(chips[0] if chips[0] is not None else blank,
+                                chips[1] if chips[1] is not None else blank,
+                                feats[0]["keypoints"], feats[1]["keypoints"],
+                                result.matches, result.confidences, title=title)
+
+
+@register_preproc_annot(
+    tablename=PAIRWISE_TABLE,
+    parents=[const.ANNOTATION_TABLE, const.ANNOTATION_TABLE],
+    colnames=["score"],
+    coltypes=[float],
+    configclass=LightGlueConfig,
+    requestclass=LightGlueRequest,
+    fname="lightglue",
+    chunksize=None,  # all pairs at once, so each query's partners go to the matcher in one batch
+)
+def compute_lightglue_scores(depc, qaid_list: Sequence[int], daid_list: Sequence[int], config=None) -> Iterator[tuple]:
+    """depc: the score of each (query, database) pair, computed one query vs many at a time."""
+    config = config or {}
+    lightglue_config = core.load_config(config["config_path"] if "config_path" in config else None)
+    for score in _pair_scores(depc.controller, list(qaid_list), list(daid_list), lightglue_config):
+        yield (float(score),)
+
+
+# ============================================================================ cache invalidation
+def _forget_features(ibs, aids: Sequence[int]) -> None:
+    uuids = [u for u in ibs.get_annot_uuids(list(aids)) if u is not None]
+    dropped = core.invalidate_features(uuids)
+    if dropped:
+        logger.info("dropped %d cached feature entries of %d annotations whose chips changed", dropped, len(uuids))
+
+
+def _install_invalidation_hook() -> None:
+    """Forget in-memory features whenever WBIA deletes an annotation's derived data.
+
+    WBIA calls ``depc_annot.delete_root(aids)`` (via ``notify_root_changed(..., force_delete=True)``)
+    when an annotation's bbox, verts or theta change, and when an annotation is deleted; that call
+    also deletes the stored LightGlueFeatures and LightGlue rows. WBIA has no callback registry for
+    it, so the method is wrapped once, for annotation caches only.
+    """
+    original = dtool.DependencyCache.delete_root
+    if getattr(original, "_lightglue_invalidates", False):
+        return
+
+    @functools.wraps(original)
+    def delete_root(depc, root_rowids, *args, **kwargs):
+        if depc.root == const.ANNOTATION_TABLE and depc.controller is not None:
+            _forget_features(depc.controller, list(root_rowids))
+        return original(depc, root_rowids, *args, **kwargs)
+
+    delete_root._lightglue_invalidates = True
+    dtool.DependencyCache.delete_root = delete_root
+
+
+_install_invalidation_hook()
+
+
+# ============================================================================ web
+def resolve_config_path(config_path: Any) -> Optional[Path]:
+    """A config file named by a web request, which may only name a file inside the config directory.
+
+    ``None`` or ``''`` is the default config. Otherwise a file name relative to
+    ``core.DEFAULT_CONFIG_DIR`` (or an absolute path inside it); ``..`` components, paths outside
+    the directory and symlinks pointing out of it are refused with ValueError.
+    """
+    if config_path is None or config_path == "":
+        return None
+    if not isinstance(config_path, str):
+        raise ValueError(f"config_path must be a string, got {type(config_path).__name__}")
+    if ".." in Path(config_path).parts:
+        raise ValueError(f"config_path {config_path!r} may not contain '..'")
+    root = Path(core.DEFAULT_CONFIG_DIR).resolve()
+    candidate = Path(config_path) if Path(config_path).is_absolute() else root / config_path
+    resolved = candidate.resolve()  # follows symlinks: a link out of the directory is caught below
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(f"config_path {config_path!r} is outside the config directory {root}")
+    if not resolved.is_file():
+        raise ValueError(f"config_path {config_path!r} is not a file in the config directory {root}")
+    return resolved
+
+
+def _web_config(config_path: Any) -> CoreConfig:
+    try:
+        return core.load_config(resolve_config_path(config_path))
+    except (ValueError, core.ConfigError) as exc:  # ConfigError is a ValueError; both are the caller's
+        raise controller_inject.WebInvalidInput(str(exc), key="config_path", value=str(config_path)) from exc
+
+
+def _parse_uuid(value: Any, key: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise controller_inject.WebInvalidInput(f"{key}: {value!r} is not a UUID", key=key, value=str(value))
+
+
+def _parse_uuid_list(values: Any, key: str) -> List[uuid.UUID]:
+    if not isinstance(values, (list, tuple)):
+        raise controller_inject.WebInvalidInput(
+            f"{key} must be a JSON list of annotation UUIDs, got {type(values).__name__}", key=key, value=str(values))
+    return [_parse_uuid(value, f"{key}[{i}]") for i, value in enumerate(values)]
+
+
+def _aids_from_uuids(ibs, uuids: List[uuid.UUID]) -> List[int]:
+    aids = ibs.get_annot_aids_from_uuid(uuids)
+    unknown = [str(u) for u, aid in zip(uuids, aids) if aid is None]
+    if unknown:
+        raise controller_inject.WebUnknownUUIDException(["annot"] * len(unknown), unknown)
+    return list(aids)
+
+
+@register_ibs_method
+@register_api(f"{API_PREFIX}/match/score/", methods=["GET", "POST"])
+def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_list=None, config_path=None):
+    """Raw LightGlue scores of one query annotation against database annotations (by UUID).
+
+    Returns ``{"query_annot_uuid", "database_annot_uuid_list", "score_list", "config_path"}``
+    with scores in the order of ``database_annot_uuid_list``.
+    """
+    if query_annot_uuid is None:
+        raise controller_inject.WebMissingInput("query_annot_uuid is required", key="query_annot_uuid")
+    if database_annot_uuid_list is None:
+        raise controller_inject.WebMissingInput("database_annot_uuid_list is required",
+                                                key="database_annot_uuid_list")
+    quuid = _parse_uuid(query_annot_uuid, "query_annot_uuid")
+    duuids = _parse_uuid_list(database_annot_uuid_list, "database_annot_uuid_list")
+    config = _web_config(config_path)
+    qaid = _aids_from_uuids(ibs, [quuid])[0]
+    daids = _aids_from_uuids(ibs, duuids)
+    scores = ibs.lightglue_match_scores(qaid, daids, config)
+    return {"query_annot_uuid": str(quuid), "database_annot_uuid_list": [str(u) for u in duuids],
+            "score_list": [float(s) for s in scores], "config_path": config.source}
+
+
+@register_ibs_method
+@register_api(f"{API_PREFIX}/config/", methods=["GET"])
+def lightglue_api_config(ibs, config_path=None):
+    """The effective config (defaults overridden by the file) and its fingerprints."""
+    config = _web_config(config_path)
+    return {"config": config.to_dict(), "config_path": config.source,
+            "config_dir": str(core.DEFAULT_CONFIG_DIR),
+            "feature_fingerprint": config.feature_fingerprint, "match_fingerprint": config.match_fingerprint}
+
+
+@register_ibs_method
+@register_api(f"{API_PREFIX}/feature/", methods=["GET"])
+def lightglue_api_feature_status(ibs, annot_uuid_list=None, config_path=None):
+    """Whether each annotation's features for the config are stored in SQLite (nothing is computed)."""
+    if annot_uuid_list is None:
+        raise controller_inject.WebMissingInput("annot_uuid_list is required", key="annot_uuid_list")
+    uuids = _parse_uuid_list(annot_uuid_list, "annot_uuid_list")
+    config = _web_config(config_path)
+    aids = _aids_from_uuids(ibs, uuids)
+    rowids = ibs.depc_annot.get_rowids(FEATURES_TABLE, aids, config=_features_depc_config(config), ensure=False)
+    return {"annot_uuid_list": [str(u) for u in uuids], "computed_list": [r is not None for r in rowids],
+            "feature_fingerprint": config.feature_fingerprint}

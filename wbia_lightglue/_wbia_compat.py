@@ -1,0 +1,85 @@
+"""Make wildbook-ia 4.0.4 importable on Python 3.11. Apply before the first ``import wbia``.
+
+Every shim is idempotent and touches only what is missing, so applying them on an older Python (where
+WBIA runs unpatched) changes nothing. ``apply()`` does not import wbia itself.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import inspect
+import logging
+import os
+import sys
+from typing import List
+
+logger = logging.getLogger("wbia_lightglue")
+
+_APPLIED = False
+
+
+def _preload_system_gldispatch() -> None:
+    # pyhesaff ships its own libGLdispatch (auditwheel); when libhesaff.so is dlopen'ed the *system*
+    # libGLX resolves __glDispatchInit against that copy and crashes. Loading the system library
+    # globally first makes the symbol resolve to the system copy.
+    path = ctypes.util.find_library("GLdispatch")
+    if path:
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:  # harmless where the library is absent or unusable
+            logger.debug("could not preload %s: %s", path, exc)
+
+
+def _import_distutils_version() -> None:
+    # wbia/control/_sql_helpers.py does `import distutils` and then uses distutils.version.
+    try:
+        import distutils.version  # noqa: F401
+    except ImportError:  # Python >= 3.12 without setuptools' distutils: nothing we can do here
+        logger.debug("distutils.version is unavailable")
+
+
+def _restore_getargspec() -> None:
+    # Removed in 3.11; utool's web error path calls it and would otherwise mask every API error.
+    if hasattr(inspect, "getargspec"):
+        return
+    arg_spec = collections.namedtuple("ArgSpec", "args varargs keywords defaults")
+
+    def getargspec(func):
+        return arg_spec(*inspect.getfullargspec(func)[:4])
+
+    inspect.getargspec = getargspec
+
+
+def _theano_flags() -> None:
+    # query_chips_graph imports theano, which compiles C code at import unless told otherwise.
+    os.environ.setdefault("THEANO_FLAGS", "blas.ldflags=,cxx=")
+
+
+def apply() -> None:
+    """Apply every shim once (safe to call many times)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _preload_system_gldispatch()
+    _import_distutils_version()
+    _restore_getargspec()
+    _theano_flags()
+    _APPLIED = True
+
+
+def hidden_argv() -> "_HiddenArgv":
+    """Context manager: hide ``sys.argv[1:]`` while importing wbia.
+
+    utool parses ``sys.argv`` at import time and misreads other programs' flags (pytest's, say).
+    """
+    return _HiddenArgv()
+
+
+class _HiddenArgv:
+    def __enter__(self) -> None:
+        self._saved: List[str] = sys.argv[1:]
+        del sys.argv[1:]
+
+    def __exit__(self, *exc) -> None:
+        sys.argv[1:] = self._saved
