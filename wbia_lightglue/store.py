@@ -1,0 +1,167 @@
+"""On-disk feature store: ALIKED features that persist between runs of the standalone tool.
+
+An entry is keyed by the *content* of the annotation, never by its path: the sha256 of the image file's
+bytes plus the crop, under the config's ``feature_fingerprint``. Renaming or moving a photo keeps its
+features; editing the file or changing a feature setting (model, keypoints, image size) misses and
+re-extracts. One ``.npz`` per annotation, written atomically, so concurrent runs and interrupted runs
+never leave a half-written entry behind::
+
+    <root>/<feature fingerprint>/<sha[:2]>/<sha256 of the file>[_x_y_w_h].npz
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .core import LightGlueConfig, extract_features
+from .dataset import Annotation, BBox, ImageReadError, decode_image, read_image_bytes
+
+logger = logging.getLogger("wbia_lightglue")
+
+DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wbia_lightglue" / "features"
+ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
+# Photos decoded and extracted per step: bounds the memory held by decoded images on large datasets.
+EXTRACT_CHUNK = 32
+
+
+@dataclass
+class StoreReport:
+    """What one ``FeatureStore.features`` call did."""
+
+    loaded: int = 0
+    extracted: int = 0
+    failed: List[str] = field(default_factory=list)  # one message per annotation that was skipped
+
+
+def content_key(data: bytes, bbox: Optional[BBox] = None) -> str:
+    """The store key of an annotation: sha256 of the image file bytes, plus the crop when there is one."""
+    digest = hashlib.sha256(data).hexdigest()
+    return digest if bbox is None else f"{digest}_{'_'.join(map(str, bbox))}"
+
+
+class FeatureStore:
+    """A folder of per-annotation feature files; see the module docstring for the layout."""
+
+    def __init__(self, root: Union[str, Path, None] = None):
+        self.root = Path(root) if root is not None else DEFAULT_STORE_DIR
+
+    def entry_path(self, key: str, fingerprint: str) -> Path:
+        return self.root / fingerprint / key[:2] / f"{key}.npz"
+
+    def load(self, key: str, fingerprint: str) -> Optional[dict]:
+        """The stored features, or None when absent or unreadable (then they are simply re-extracted)."""
+        path = self.entry_path(key, fingerprint)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                feats = {name: data[name] for name in ARRAY_KEYS}
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("feature file %s is unreadable (%s); re-extracting", path, exc)
+            return None
+        feats["fingerprint"] = fingerprint
+        return feats
+
+    def save(self, key: str, fingerprint: str, feats: dict) -> Path:
+        """Write one entry atomically (temporary file + rename)."""
+        path = self.entry_path(key, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                np.savez(out, **{name: np.asarray(feats[name]) for name in ARRAY_KEYS})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def features(
+        self,
+        sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
+        config: LightGlueConfig,
+        *,
+        device: Optional[str] = None,
+        progress: bool = True,
+    ) -> Tuple[List[Optional[dict]], List[Optional[str]], StoreReport]:
+        """Features of each ``(image path, bbox)``: loaded when stored, otherwise extracted and stored.
+
+        Returns the features (None for an annotation that was skipped: unreadable file, empty crop, or a
+        chip too small to use; each is logged as a warning naming the file), the content keys (None when
+        skipped), and a StoreReport with the counts.
+        """
+        fingerprint = config.feature_fingerprint
+        feats: List[Optional[dict]] = [None] * len(sources)
+        keys: List[Optional[str]] = [None] * len(sources)
+        report = StoreReport()
+        missing: List[Tuple[int, bytes]] = []
+        for pos, (path, bbox) in enumerate(sources):
+            try:
+                data = read_image_bytes(path)
+            except ImageReadError as exc:
+                self._skip(report, str(exc))
+                continue
+            keys[pos] = content_key(data, bbox)
+            feats[pos] = self.load(keys[pos], fingerprint)
+            if feats[pos] is not None:
+                report.loaded += 1
+            else:
+                missing.append((pos, data))
+        for start in range(0, len(missing), EXTRACT_CHUNK):
+            self._extract_chunk(missing[start:start + EXTRACT_CHUNK], sources, keys, feats, report,
+                                config, device, progress and len(missing) > 1)
+        logger.info("features: %d loaded from %s, %d extracted, %d skipped",
+                    report.loaded, self.root, report.extracted, len(report.failed))
+        return feats, keys, report
+
+    def _extract_chunk(self, chunk, sources, keys, feats, report, config, device, progress) -> None:
+        chips, positions = [], []
+        for pos, data in chunk:
+            path, bbox = sources[pos]
+            try:
+                chips.append(decode_image(data, path, bbox))
+                positions.append(pos)
+            except ImageReadError as exc:
+                keys[pos] = None
+                self._skip(report, str(exc))
+        names = [str(sources[pos][0]) for pos in positions]
+        outputs = extract_features(chips, config, keys=names, device=device, errors="warn", progress=progress)
+        for pos, out in zip(positions, outputs):
+            if "error" in out:  # e.g. a chip too small to use (core has logged it): skipped like a bad file
+                keys[pos] = None
+                report.failed.append(out["error"])
+                continue
+            self.save(keys[pos], config.feature_fingerprint, out)
+            feats[pos] = out
+            report.extracted += 1
+
+    @staticmethod
+    def _skip(report: StoreReport, message: str) -> None:
+        logger.warning("%s; skipped", message)
+        report.failed.append(message)
+
+
+def annotation_features(
+    annotations: Sequence[Annotation],
+    store: FeatureStore,
+    config: LightGlueConfig,
+    *,
+    device: Optional[str] = None,
+    progress: bool = True,
+) -> Tuple[List[Annotation], List[dict], List[str], StoreReport]:
+    """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
+
+    Returns the kept annotations, their features and content keys (aligned), and the StoreReport.
+    """
+    feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
+                                         device=device, progress=progress)
+    kept = [i for i, f in enumerate(feats) if f is not None]
+    return ([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
+            [keys[i] for i in kept], report)  # type: ignore[misc]
