@@ -1,0 +1,137 @@
+"""Calibration: monotone, in [0, 1], JSON round-trip, tied to the match fingerprint, helpers (synthetic data)."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from wbia_lightglue import calibration as cal
+from wbia_lightglue import core
+
+
+@pytest.fixture
+def config():
+    return core.LightGlueConfig({"max_num_keypoints": 256})
+
+
+def synthetic_pairs(n=400, seed=0):
+    """Same-individual pairs score higher on average, with overlap (so P is strictly between 0 and 1)."""
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < 0.2
+    scores = np.where(same, rng.gamma(4.0, 20.0, n), rng.gamma(2.0, 8.0, n))
+    return scores, same
+
+
+@pytest.mark.parametrize("method", cal.METHODS)
+def test_fit_is_monotone_and_maps_into_unit_interval(config, method):
+    scores, same = synthetic_pairs()
+    calibration = cal.fit(scores, same, config, method)
+    grid = np.linspace(-50, 1000, 2001)  # beyond both ends of the data: clipped
+    prob = calibration.probability(grid)
+    assert np.all(np.diff(prob) >= 0)
+    assert prob.min() >= 0 and prob.max() <= 1
+    assert prob[0] < 0.2 < prob[-1]  # informative: low scores unlikely, high scores likely
+    assert calibration.num_pairs == 400 and calibration.num_positive == int(same.sum())
+    assert calibration.probability(5.0).shape == ()
+
+
+def test_isotonic_beats_the_base_rate_on_held_out_pairs(config):
+    scores, same = synthetic_pairs(seed=1)
+    test_scores, test_same = synthetic_pairs(seed=2)
+    prob = cal.fit(scores, same, config).probability(test_scores)
+    assert cal.brier_score(prob, test_same) < cal.brier_score(np.full(len(test_same), same.mean()), test_same)
+
+
+def test_round_trips_through_json(config, tmp_path):
+    calibration = cal.fit(*synthetic_pairs(), config, dataset="x")
+    path = calibration.save(tmp_path / "c.json")
+    data = json.loads(path.read_text())
+    assert data["version"] == cal.FORMAT_VERSION and data["match_fingerprint"] == config.match_fingerprint
+    again = cal.Calibration.read(path)
+    assert again == calibration
+    grid = np.linspace(0, 300, 50)
+    np.testing.assert_array_equal(again.probability(grid), calibration.probability(grid))
+
+
+def test_refuses_another_fingerprint(config, tmp_path, caplog):
+    calibration = cal.fit(*synthetic_pairs(), config)
+    cal.save_calibration(calibration, config, tmp_path / "c.json")
+    other = config.replace(max_num_keypoints=512)
+    with caplog.at_level(logging.WARNING, logger="wbia_lightglue"):
+        assert cal.load_calibration(other, tmp_path / "c.json") is None
+    assert "match fingerprint" in caplog.text
+    assert cal.load_calibration(config, tmp_path / "c.json") == calibration
+    with pytest.raises(cal.CalibrationError):
+        cal.save_calibration(calibration, other, tmp_path / "d.json")
+    # name_score is not part of the pair score: a calibration survives changing it
+    assert cal.load_calibration(config.replace(name_score="sum"), tmp_path / "c.json") == calibration
+
+
+def test_persistence_location(tmp_path, monkeypatch):
+    config_file = tmp_path / "lightglue.json"
+    config_file.write_text(json.dumps({"max_num_keypoints": 256}))
+    config = core.load_config(config_file)
+    assert cal.calibration_path(config) == tmp_path / "lightglue.calibration.json"
+    assert cal.load_calibration(config) is None  # none yet: uncalibrated, no warning needed
+    written = cal.save_calibration(cal.fit(*synthetic_pairs(), config), config)
+    assert written == tmp_path / "lightglue.calibration.json"
+    assert cal.load_calibration(core.load_config(config_file)) is not None
+    monkeypatch.setattr(core, "DEFAULT_CONFIG_DIR", tmp_path / "v_config")
+    assert cal.calibration_path(core.LightGlueConfig({})) == tmp_path / "v_config" / "config.calibration.json"
+
+
+def test_unusable_file_is_ignored_with_a_warning(config, tmp_path, caplog):
+    (tmp_path / "c.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="wbia_lightglue"):
+        assert cal.load_calibration(config, tmp_path / "c.json") is None
+    assert "unusable" in caplog.text
+
+
+def test_fit_needs_both_classes_and_rejects_bad_knots(config):
+    with pytest.raises(cal.CalibrationError):
+        cal.fit([1.0, 2.0], [True, True], config)
+    with pytest.raises(cal.CalibrationError):
+        cal.fit([1.0, 2.0], [True, False], config, method="spline")
+    with pytest.raises(cal.CalibrationError):
+        cal.Calibration([1.0, 0.5], [0.1, 0.2], "f", "confidence_sum")
+    with pytest.raises(cal.CalibrationError):
+        cal.Calibration([0.0, 1.0], [0.1, 1.5], "f", "confidence_sum")
+
+
+def test_labelled_pairs_skip_unlabelled_and_uncompared():
+    nan = np.nan
+    scores = np.array([[nan, 5, 1, 2], [5, nan, nan, 3], [1, nan, nan, 4], [2, 3, 4, nan]], float)
+    values, same = cal.labelled_pairs(scores, ["A", "A", "B", None])
+    # pairs (0,1) A-A, (0,2) A-B; (1,2) not compared; anything with index 3 is unlabelled
+    assert values.tolist() == [5.0, 1.0] and same.tolist() == [True, False]
+    values, same = cal.labelled_pairs(scores, ["A", "A", "B", "B"], rows=[0, 2, 3])
+    assert values.tolist() == [1.0, 2.0, 4.0] and same.tolist() == [False, False, True]
+
+
+def test_split_by_individual_is_deterministic_and_disjoint():
+    labels = ["3", "1", "2", "1", "10", None, "2", "4"]
+    fit_rows, test_rows = cal.split_by_individual(labels)
+    assert (fit_rows, test_rows) == cal.split_by_individual(labels)
+    assert not {labels[i] for i in fit_rows} & {labels[i] for i in test_rows}
+    assert 5 not in fit_rows + test_rows
+    # natural order 1, 2, 3, 4, 10: every other one is held out
+    assert {labels[i] for i in test_rows} == {"2", "4"}
+
+
+def test_brier_and_reliability_helpers(tmp_path):
+    p = np.array([0.0, 0.0, 1.0, 1.0, 0.55, 0.55])
+    y = np.array([0, 0, 1, 1, 1, 0], bool)
+    assert cal.brier_score(p[:4], y[:4]) == 0.0
+    assert cal.brier_score(p, y) == pytest.approx((0.45 ** 2 + 0.55 ** 2) / 6)
+    assert np.isnan(cal.brier_score([], []))
+    table = cal.reliability(p, y, bins=10)
+    assert table["count"] == [2, 2, 2] and table["observed"] == [0.0, 0.5, 1.0]
+    assert table["ece"][0] == pytest.approx(0.05 * 2 / 6)
+    cal.plot_reliability(p, y, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probabilities_helper(config):
+    assert cal.probabilities(None, [1.0, 2.0]) is None
+    calibration = cal.Calibration([0.0, 10.0], [0.0, 1.0], config.match_fingerprint, "confidence_sum")
+    assert cal.probabilities(calibration, [5.0, 20.0, -1.0]) == [0.5, 1.0, 0.0]

@@ -1,0 +1,338 @@
+"""Score calibration: a monotone map from a raw pair score to P(same individual).
+
+Raw LightGlue scores (config ``score``) are unbounded and their scale depends on the config (keypoints,
+thresholds, score variant), so a calibration is tied to the config's ``match_fingerprint`` and is
+ignored, with a logged warning, under any other config.
+
+A calibration is a list of knots ``(x, p)``: raw score -> probability, non-decreasing, applied by linear
+interpolation and clipped at both ends (``np.interp``). It is fitted on labelled annotation pairs
+(every comparable pair of a labelled set, scored once) by isotonic regression (default) or by a
+logistic regression on ``log1p(score)`` sampled into knots, and stored as a small JSON file::
+
+    {"version": 1, "method": "isotonic", "match_fingerprint": "...", "score": "confidence_sum",
+     "x": [...], "p": [...], "num_pairs": N, "num_positive": M, "meta": {...}}
+
+The probability is the *pair* probability under the fitting set's share of same-individual pairs:
+a database with a very different mix of individuals shifts it (the ranking never changes).
+
+Location: next to the config file, ``<config>.calibration.json`` (``config.json`` ->
+``config.calibration.json``); for the built-in defaults, ``<config dir>/config.calibration.json``
+(``/v_config/lightglue`` unless ``WBIA_LIGHTGLUE_CONFIG_DIR`` says otherwise).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import core
+from .core import LightGlueConfig
+
+logger = logging.getLogger("wbia_lightglue")
+
+FORMAT_VERSION = 1
+METHODS = ("isotonic", "logistic")
+LOGISTIC_KNOTS = 64
+CALIBRATION_SUFFIX = ".calibration.json"
+
+
+class CalibrationError(ValueError):
+    """A calibration cannot be fitted (no positive or no negative pairs) or a file is malformed."""
+
+
+@dataclass
+class Calibration:
+    """Knots of a monotone raw score -> P(same individual) map (see the module docstring)."""
+
+    x: List[float]
+    p: List[float]
+    match_fingerprint: str
+    score: str
+    method: str = "isotonic"
+    num_pairs: int = 0
+    num_positive: int = 0
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        x, p = np.asarray(self.x, float), np.asarray(self.p, float)
+        if x.ndim != 1 or len(x) == 0 or x.shape != p.shape:
+            raise CalibrationError(f"calibration needs as many knots x as p (>= 1), got {x.shape} and {p.shape}")
+        if np.any(np.diff(x) < 0) or np.any(np.diff(p) < 0):
+            raise CalibrationError("calibration knots must be non-decreasing in x and in p")
+        if np.any(p < 0) or np.any(p > 1) or not np.all(np.isfinite(x)):
+            raise CalibrationError("calibration probabilities must lie in [0, 1] and knots be finite")
+
+    def probability(self, scores: Union[float, Sequence[float], np.ndarray]) -> np.ndarray:
+        """P(same individual) of each raw score (array of the input's shape; clipped outside the knots)."""
+        return np.interp(np.asarray(scores, float), self.x, self.p)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Calibration":
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            raise CalibrationError(f"not a version-{FORMAT_VERSION} calibration: {str(data)[:80]}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k != "version"})
+        except TypeError as exc:
+            raise CalibrationError(f"malformed calibration: {exc}") from None
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the JSON file atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(handle, "w") as out:
+            json.dump(self.to_dict(), out, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: Union[str, Path]) -> "Calibration":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"calibration {path} is not valid JSON: {exc.msg}") from None
+
+
+# ============================================================================ fitting
+def fit(scores: Sequence[float], same: Sequence[bool], config: LightGlueConfig, method: str = "isotonic",
+        **meta: Any) -> Calibration:
+    """Fit the map on labelled pairs: ``scores`` raw pair scores, ``same`` whether the pair is one individual."""
+    if method not in METHODS:
+        raise CalibrationError(f"calibration method {method!r}; choose from {', '.join(METHODS)}")
+    scores, same = np.asarray(scores, float), np.asarray(same, bool)
+    if scores.shape != same.shape or scores.ndim != 1:
+        raise CalibrationError(f"{scores.shape} scores but {same.shape} labels")
+    keep = np.isfinite(scores)
+    scores, same = scores[keep], same[keep]
+    if same.all() or not same.any():
+        raise CalibrationError(f"calibration needs same- and different-individual pairs; got {int(same.sum())} "
+                               f"same of {len(same)}")
+    x, p = _isotonic_knots(scores, same) if method == "isotonic" else _logistic_knots(scores, same)
+    logger.info("calibration (%s) fitted on %d pairs (%d same individual): %d knots", method, len(scores),
+                int(same.sum()), len(x))
+    return Calibration([float(v) for v in x], [float(v) for v in p], config.match_fingerprint, config["score"],
+                       method, int(len(scores)), int(same.sum()), dict(meta))
+
+
+def _isotonic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    from sklearn.isotonic import IsotonicRegression
+
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(scores, same)
+    return model.X_thresholds_, np.clip(model.y_thresholds_, 0.0, 1.0)
+
+
+def _logistic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    from sklearn.linear_model import LogisticRegression
+
+    feature = np.log1p(np.maximum(scores, 0))[:, None]
+    model = LogisticRegression(C=1e4).fit(feature, same)
+    if model.coef_[0, 0] < 0:  # a score that predicts *different* individuals: no monotone map to keep
+        raise CalibrationError("higher scores predict different individuals on these pairs; not calibrating")
+    x = np.unique(np.quantile(scores, np.linspace(0, 1, LOGISTIC_KNOTS)))
+    p = model.predict_proba(np.log1p(np.maximum(x, 0))[:, None])[:, 1]
+    return x, np.maximum.accumulate(p)
+
+
+def labelled_pairs(scores: np.ndarray, labels: Sequence[Any],
+                   rows: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(raw score, same individual) of each compared pair i < j of a score matrix, both annotations labelled.
+
+    ``rows``: restrict to pairs whose two annotations are both in ``rows`` (e.g. the fitting individuals).
+    Unlabelled annotations (None, '', nid <= 0) are left out: the truth of their pairs is unknown.
+    """
+    from .evaluation import is_unlabelled
+
+    scores = np.asarray(scores, float)
+    keep = np.zeros(len(labels), bool)
+    keep[list(range(len(labels))) if rows is None else list(rows)] = True
+    keep &= np.array([not is_unlabelled(lab) for lab in labels], bool)
+    i, j = np.triu_indices(len(labels), k=1)
+    mask = keep[i] & keep[j] & np.isfinite(scores[i, j])
+    i, j = i[mask], j[mask]
+    same = np.array([labels[a] == labels[b] for a, b in zip(i, j)], bool)
+    return scores[i, j], same
+
+
+def split_by_individual(labels: Sequence[Any], held_out: float = 0.5) -> Tuple[List[int], List[int]]:
+    """Deterministic split of annotation indices by individual: (fit rows, held-out rows).
+
+    Individuals are sorted by their label's text and every other one (``held_out=0.5``; in general the
+    ones whose position falls in the held-out share) goes to the held-out side, so no individual is on
+    both sides. Unlabelled annotations go nowhere.
+    """
+    from .dataset import natural_key
+    from .evaluation import is_unlabelled
+
+    names = sorted({str(lab) for lab in labels if not is_unlabelled(lab)}, key=natural_key)
+    step = max(1, round(1 / held_out)) if held_out > 0 else 0
+    test_names = {name for k, name in enumerate(names) if step and k % step == step - 1}
+    fit_rows = [i for i, lab in enumerate(labels) if not is_unlabelled(lab) and str(lab) not in test_names]
+    test_rows = [i for i, lab in enumerate(labels) if not is_unlabelled(lab) and str(lab) in test_names]
+    return fit_rows, test_rows
+
+
+# ============================================================================ quality of a calibration
+def brier_score(probabilities: Sequence[float], same: Sequence[bool]) -> float:
+    """Mean squared error of the probabilities against the 0/1 truth (lower is better; NaN when empty)."""
+    p, y = np.asarray(probabilities, float), np.asarray(same, float)
+    return float(np.mean((p - y) ** 2)) if len(p) else float("nan")
+
+
+def reliability(probabilities: Sequence[float], same: Sequence[bool], bins: int = 10) -> Dict[str, List[float]]:
+    """Per equal-width probability bin: mean predicted probability, observed frequency, pair count.
+
+    Empty bins are left out. ``ece`` (expected calibration error, count-weighted) is included.
+    """
+    p, y = np.asarray(probabilities, float), np.asarray(same, float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    out: Dict[str, List[float]] = {"predicted": [], "observed": [], "count": [], "bin_low": []}
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            out["predicted"].append(float(p[members].mean()))
+            out["observed"].append(float(y[members].mean()))
+            out["count"].append(int(members.sum()))
+            out["bin_low"].append(b / bins)
+    counts = np.asarray(out["count"], float)
+    gaps = np.abs(np.asarray(out["predicted"]) - np.asarray(out["observed"]))
+    out["ece"] = [float((gaps * counts).sum() / counts.sum())] if counts.sum() else [float("nan")]
+    return out
+
+
+def plot_reliability(probabilities: Sequence[float], same: Sequence[bool], path: Union[str, Path],
+                     bins: int = 10, title: str = "") -> None:
+    """Reliability diagram (PNG): observed frequency against mean predicted probability per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = reliability(probabilities, same, bins)
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), dpi=100, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    ax.plot(table["predicted"], table["observed"], marker="o",
+            label=f"Brier {brier_score(probabilities, same):.4f}, ECE {table['ece'][0]:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted P(same individual)")
+    ax.set_ylabel("observed frequency")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or f"reliability ({len(np.asarray(same))} held-out pairs)", fontsize=9)
+    hist.bar(table["bin_low"], table["count"], width=1 / bins, align="edge", log=True)
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("predicted P(same individual)")
+    hist.set_ylabel("pairs")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ============================================================================ persistence tied to a config
+def calibration_path(config: LightGlueConfig) -> Path:
+    """Where the calibration of ``config`` lives: ``<config file stem>.calibration.json`` beside the file."""
+    source = Path(config.source) if config.source else core.DEFAULT_CONFIG_DIR / "config.json"
+    return source.with_name(source.stem + CALIBRATION_SUFFIX)
+
+
+def save_calibration(calibration: Calibration, config: LightGlueConfig,
+                     path: Union[str, Path, None] = None) -> Path:
+    """Store ``calibration`` for ``config`` (at ``path``, default ``calibration_path(config)``)."""
+    if calibration.match_fingerprint != config.match_fingerprint:
+        raise CalibrationError(f"calibration was fitted under match fingerprint {calibration.match_fingerprint}, "
+                               f"not this config's {config.match_fingerprint}")
+    written = calibration.save(path if path is not None else calibration_path(config))
+    logger.info("calibration saved to %s", written)
+    return written
+
+
+def load_calibration(config: LightGlueConfig, path: Union[str, Path, None] = None) -> Optional[Calibration]:
+    """The calibration for ``config``, or None when there is none or it does not belong to this config.
+
+    A file fitted under another match fingerprint (other keypoints, thresholds or score) is ignored
+    with a warning, as is an unreadable one: raw scores are still returned, just without probabilities.
+    """
+    path = Path(path) if path is not None else calibration_path(config)
+    if not path.is_file():
+        return None
+    try:
+        calibration = Calibration.read(path)
+    except (OSError, CalibrationError) as exc:
+        logger.warning("calibration %s is unusable (%s); scores are not calibrated", path, exc)
+        return None
+    if calibration.match_fingerprint != config.match_fingerprint:
+        logger.warning("calibration %s was fitted under match fingerprint %s, but the config's is %s; "
+                       "ignored (re-run calibrate)", path, calibration.match_fingerprint, config.match_fingerprint)
+        return None
+    return calibration
+
+
+def probabilities(calibration: Optional[Calibration], scores: Sequence[float]) -> Optional[List[float]]:
+    """Calibrated probabilities of ``scores``, or None without a calibration (callers put it beside the score)."""
+    if calibration is None:
+        return None
+    return [float(v) for v in calibration.probability(scores)]
+
+
+# ============================================================================ the calibrate step
+@dataclass
+class CalibrationRun:
+    """What ``main`` did: the saved calibration and its held-out check."""
+
+    calibration: Calibration
+    path: Path
+    held_out: Dict[str, Any]  # brier, ece, pairs, individuals of the by-individual split (fit on the rest)
+    reliability_png: Optional[Path] = None
+
+
+def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: LightGlueConfig, method: str = "isotonic",
+                   plot: Union[str, Path, None] = None) -> Dict[str, Any]:
+    """Fit on half the individuals, measure Brier/ECE on pairs of the other half (split_by_individual)."""
+    fit_rows, test_rows = split_by_individual(labels)
+    fit_scores, fit_same = labelled_pairs(scores, labels, fit_rows)
+    test_scores, test_same = labelled_pairs(scores, labels, test_rows)
+    out: Dict[str, Any] = {"fit_pairs": int(len(fit_same)), "held_out_pairs": int(len(test_same)),
+                           "held_out_individuals": len({str(labels[i]) for i in test_rows})}
+    try:
+        calibration = fit(fit_scores, fit_same, config, method)
+    except CalibrationError as exc:
+        logger.warning("held-out check skipped: %s", exc)
+        return {**out, "skipped": str(exc)}
+    prob = calibration.probability(test_scores)
+    out.update(brier=brier_score(prob, test_same), ece=reliability(prob, test_same)["ece"][0],
+               brier_base_rate=brier_score(np.full(len(test_same), fit_same.mean()), test_same))
+    if plot is not None and len(test_same):
+        plot_reliability(prob, test_same, plot, title=f"{method}, held-out individuals ({len(test_same)} pairs)")
+    return out
+
+
+def main(dataset, config=None, output: Union[str, Path, None] = None, *, group_by: Optional[str] = None,
+         method: str = "isotonic", cache_dir: Union[str, Path, None] = None, progress: bool = True) -> CalibrationRun:
+    """Score every comparable pair of a labelled dataset once, fit on all of them, save the calibration.
+
+    Also fits on half the individuals and reports Brier score and a reliability diagram
+    (``<output stem>.reliability.png``) on the pairs of the other half.
+    """
+    from .dataset import Dataset, load_dataset
+    from .evaluate_dataset import score_dataset
+
+    config = core.resolve_config(config)
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
+    labels = [a.individual for a in scored.dataset.annotations]
+    scores, same = labelled_pairs(scored.scores, labels)
+    calibration = fit(scores, same, config, method, dataset=str(data.source), group_by=group_by)
+    path = save_calibration(calibration, config, output)
+    png = path.with_name(path.name.replace(".json", "") + ".reliability.png")
+    check = held_out_check(scored.scores, labels, config, method, plot=png)
+    calibration.meta["held_out"] = check
+    calibration.save(path)
+    return CalibrationRun(calibration, path, check, png if png.is_file() else None)
