@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 from . import demo, evaluate_dataset, extract, identify, match_pair
 from .core import ConfigError, FeatureMismatchError, LightGlueConfig, load_config, resolve_device
@@ -97,14 +97,20 @@ def _config(args: argparse.Namespace, base: Optional[Dict[str, Any]] = None) -> 
     return config
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int) -> Callable[[], None]:
+    """Send the package's log to stderr for this run; returns the function that undoes it."""
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
-    logger.handlers = [h for h in logger.handlers if not getattr(h, "_wbia_lightglue_cli", False)]
-    handler._wbia_lightglue_cli = True  # type: ignore[attr-defined]
+    previous_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(level)
+
+    def restore() -> None:  # main() may run in-process (tests, notebooks): leave the logger as found
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+    return restore
 
 
 class _Formatter(logging.Formatter):
@@ -153,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return _fail(exc, 2)
-    _setup_logging(args.verbose)
+    restore_logging = _setup_logging(args.verbose)
     try:
         run(args)
     except (UsageError, ConfigError, DatasetError) as exc:
@@ -162,6 +168,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(exc, 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    finally:
+        restore_logging()
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .core import LightGlueConfig, match_scores, name_scores, resolve_config
-from .dataset import Annotation, Dataset, DatasetError, ImageReadError, load_dataset, natural_key
+from .dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
 from .store import FeatureStore, StoreReport, annotation_features
 
 logger = logging.getLogger("wbia_lightglue")
@@ -92,9 +92,7 @@ def main(
     if not query_annot.path.is_file():
         raise DatasetError(f"query image {query} does not exist")
     dataset = database if isinstance(database, Dataset) else load_dataset(database)
-    q_kept, q_feats, q_keys, q_report = annotation_features([query_annot], store, config, progress=False)
-    if not q_kept:
-        raise ImageReadError(q_report.failed[0])
+    _, q_feats, q_keys, q_report = annotation_features([query_annot], store, config, progress=False, strict=True)
     annots, feats, keys, report = annotation_features(dataset.annotations, store, config, progress=progress)
     others = [i for i, key in enumerate(keys) if key != q_keys[0]]
     if len(others) < len(annots):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 from .core import LightGlueConfig, match_pairs, pair_score, resolve_config
-from .dataset import Annotation, DatasetError, ImageReadError, read_image
+from .dataset import Annotation, DatasetError, read_image
 from .store import FeatureStore, annotation_features
 from .viz import draw_matches
 
@@ -35,9 +35,7 @@ def main(
     for annot in annots:
         if not annot.path.is_file():
             raise DatasetError(f"image {annot.path} does not exist")
-    kept, feats, _, report = annotation_features(annots, FeatureStore(cache_dir), config, progress=False)
-    if len(kept) < 2:
-        raise ImageReadError(report.failed[0])
+    _, feats, _, _ = annotation_features(annots, FeatureStore(cache_dir), config, progress=False, strict=True)
     result = match_pairs(feats[0], feats[1:], config, return_matches=True)[0]
     pair = PairMatch(pair_score(result, feats[0], feats[1], config), result.num_matches)
     if output is not None:

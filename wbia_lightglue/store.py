@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .core import LightGlueConfig, extract_features
+from .core import InvalidChipError, LightGlueConfig, extract_features
 from .dataset import Annotation, BBox, ImageReadError, decode_image, read_image_bytes
 
 logger = logging.getLogger("wbia_lightglue")
@@ -90,12 +90,14 @@ class FeatureStore:
         *,
         device: Optional[str] = None,
         progress: bool = True,
+        strict: bool = False,
     ) -> Tuple[List[Optional[dict]], List[Optional[str]], StoreReport]:
         """Features of each ``(image path, bbox)``: loaded when stored, otherwise extracted and stored.
 
         Returns the features (None for an annotation that was skipped: unreadable file, empty crop, or a
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
-        skipped), and a StoreReport with the counts.
+        skipped), and a StoreReport with the counts. With ``strict`` (a query, a pair) an unusable image
+        raises ImageReadError instead of being skipped.
         """
         fingerprint = config.feature_fingerprint
         feats: List[Optional[dict]] = [None] * len(sources)
@@ -106,7 +108,7 @@ class FeatureStore:
             try:
                 data = read_image_bytes(path)
             except ImageReadError as exc:
-                self._skip(report, str(exc))
+                self._skip(report, exc, strict)
                 continue
             keys[pos] = content_key(data, bbox)
             feats[pos] = self.load(keys[pos], fingerprint)
@@ -116,12 +118,12 @@ class FeatureStore:
                 missing.append((pos, data))
         for start in range(0, len(missing), EXTRACT_CHUNK):
             self._extract_chunk(missing[start:start + EXTRACT_CHUNK], sources, keys, feats, report,
-                                config, device, progress and len(missing) > 1)
+                                config, device, progress and len(missing) > 1, strict)
         logger.info("features: %d loaded from %s, %d extracted, %d skipped",
                     report.loaded, self.root, report.extracted, len(report.failed))
         return feats, keys, report
 
-    def _extract_chunk(self, chunk, sources, keys, feats, report, config, device, progress) -> None:
+    def _extract_chunk(self, chunk, sources, keys, feats, report, config, device, progress, strict) -> None:
         chips, positions = [], []
         for pos, data in chunk:
             path, bbox = sources[pos]
@@ -130,9 +132,13 @@ class FeatureStore:
                 positions.append(pos)
             except ImageReadError as exc:
                 keys[pos] = None
-                self._skip(report, str(exc))
+                self._skip(report, exc, strict)
         names = [str(sources[pos][0]) for pos in positions]
-        outputs = extract_features(chips, config, keys=names, device=device, errors="warn", progress=progress)
+        try:
+            outputs = extract_features(chips, config, keys=names, device=device,
+                                       errors="raise" if strict else "warn", progress=progress)
+        except InvalidChipError as exc:  # only with strict: the one image asked for is unusable
+            raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
             if "error" in out:  # e.g. a chip too small to use (core has logged it): skipped like a bad file
                 keys[pos] = None
@@ -143,9 +149,11 @@ class FeatureStore:
             report.extracted += 1
 
     @staticmethod
-    def _skip(report: StoreReport, message: str) -> None:
-        logger.warning("%s; skipped", message)
-        report.failed.append(message)
+    def _skip(report: StoreReport, error: ImageReadError, strict: bool) -> None:
+        if strict:
+            raise error
+        logger.warning("%s; skipped", error)
+        report.failed.append(str(error))
 
 
 def annotation_features(
@@ -155,13 +163,15 @@ def annotation_features(
     *,
     device: Optional[str] = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> Tuple[List[Annotation], List[dict], List[str], StoreReport]:
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
+    ``strict``: raise ImageReadError on the first unusable image instead of skipping it.
     Returns the kept annotations, their features and content keys (aligned), and the StoreReport.
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
-                                         device=device, progress=progress)
+                                         device=device, progress=progress, strict=strict)
     kept = [i for i, f in enumerate(feats) if f is not None]
     return ([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
             [keys[i] for i in kept], report)  # type: ignore[misc]
