@@ -260,6 +260,8 @@ def test_request_computes_each_needed_pair_once_batched_by_query(db, monkeypatch
     assert sorted(calls) == [5, 5, 5]  # one batched call per query, each pair once, no self pair
     ibs.depc_annot.new_request("LightGlue", made[:3], made, cfg).execute()
     assert sorted(calls) == [5, 5, 5]
+    with pytest.raises(ValueError, match="outside the config directory"):  # requests come from the web too
+        ibs.depc_annot.new_request("LightGlue", made[:1], made, {"config_path": "/etc/passwd"})
 
 
 def test_render_single_result_draws_correspondences(db):

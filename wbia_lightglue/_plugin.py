@@ -291,9 +291,13 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
     @classmethod
     def new(cls, depc, qaid_list, daid_list, cfgdict=None, tablename=None):
         cfgdict = dict(cfgdict or {})
+        # Requests also arrive from the web (query_config_dict of the engine routes), so config_path
+        # is held to the config directory here too.
+        path = resolve_config_path(cfgdict.get("config_path"))
+        cfgdict["config_path"] = None if path is None else str(path)
         # Read the config now: a bad file fails the request up front, and the fingerprint of its
         # contents keys the stored scores.
-        config = core.load_config(cfgdict.get("config_path"))
+        config = core.load_config(path)
         cfgdict["fingerprint"] = config.match_fingerprint
         return super().new(depc, qaid_list, daid_list, cfgdict, tablename)
 
