@@ -135,6 +135,7 @@ def test_unavailable_device(data, capsys):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["identify", "only-one-arg"], "the following arguments are required: DATABASE"),
     (["evaluate", "x", "--keypoints", "many"], "invalid int value: 'many'"),
+    (["identify", "q.png", "db", "--top", "0"], "--top must be at least 1"),
 ])
 def test_usage_errors(capsys, argv, expected):
     code, _, err = run_cli(capsys, *argv)
@@ -219,6 +220,17 @@ def test_store_round_trip(data, caplog):
     cv2.imwrite(str(data / "db" / "ind2" / "a.png"), textured_chip(999))  # edit one photo in place
     edited = extract.main(data / "db", config, cache_dir=store_dir, progress=False)
     assert (edited.extracted, edited.loaded) == (1, 5)
+
+
+def test_corrupt_store_entry_is_re_extracted(data, caplog):
+    config, path = tiny_config(), data / "db" / "ind1" / "a.png"
+    store = FeatureStore(data / "store")
+    _, keys, report = store.features([(path, None)], config, progress=False)
+    assert report.extracted == 1
+    store.entry_path(keys[0], config.feature_fingerprint).write_bytes(b"truncated")
+    feats, _, again = store.features([(path, None)], config, progress=False)
+    assert (again.extracted, again.loaded) == (1, 0) and len(feats[0]["keypoints"]) > 0
+    assert "unreadable" in caplog.text
 
 
 def extract_one(path, config):

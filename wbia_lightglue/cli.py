@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--limit-individuals", type=int, metavar="N")
     cmd.add_argument("--seed", type=int)
 
-    cmd = commands.add_parser("demo", parents=[common], help="run end to end on built-in synthetic animals")
+    cmd = commands.add_parser("demo", parents=[common], help="run end to end on built-in synthetic animals",
+                              description="The demo uses 512 keypoints and 384 px images unless --keypoints or "
+                                          "--image-size say otherwise (these win over --config too).")
     cmd.add_argument("--output", type=Path, default=demo.DEFAULT_OUTPUT, metavar="DIR")
     return parser
 
@@ -126,6 +128,8 @@ def _features_line(loaded: int, extracted: int, skipped: Sequence[str]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     progress = not args.quiet
+    if getattr(args, "top", 1) < 1:
+        raise UsageError(f"--top must be at least 1, got {args.top} (see {PROG} {args.command} --help)")
     if args.command == "identify":
         result = identify.main(args.query, args.database, _config(args), top=args.top, cache_dir=args.cache_dir,
                                json_path=args.json, csv_path=args.csv, progress=progress)
