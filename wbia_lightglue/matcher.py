@@ -58,7 +58,9 @@ class _Side:
     index: torch.Tensor  # B x L original keypoint index (changes only on compaction)
 
     def select(self, rows: torch.Tensor) -> "_Side":
-        return _Side(self.desc[rows], self.enc[:, rows], self.alive[rows], self.index[rows])
+        shared = self.desc.shape[0] == 1 < self.alive.shape[0]  # the query before the first layer
+        desc = self.desc if shared else self.desc[rows]
+        return _Side(desc, self.enc[:, rows], self.alive[rows], self.index[rows])
 
     def compact(self) -> "_Side":
         """Move alive points to the front of each row and trim the common padding."""
@@ -118,7 +120,12 @@ def cross_block(block, x0, x1, alive0, alive1):
 
 
 def transformer_layer(layer, desc0, desc1, enc0, enc1, alive0, alive1):
-    desc0 = self_block(layer.self_attn, desc0, enc0, alive0)
+    """One LightGlue layer on padded batches. ``desc0`` may hold a single row (the query before any
+    cross-attention, identical for every pair): its self-attention then runs once and is broadcast."""
+    if desc0.shape[0] == 1 and desc1.shape[0] > 1:
+        desc0 = self_block(layer.self_attn, desc0, enc0[:, :1], alive0[:1]).expand(desc1.shape[0], -1, -1)
+    else:
+        desc0 = self_block(layer.self_attn, desc0, enc0, alive0)
     desc1 = self_block(layer.self_attn, desc1, enc1, alive1)
     return cross_block(layer.cross_attn, desc0, desc1, alive0, alive1)
 
@@ -293,7 +300,8 @@ class BatchedLightGlue:
         b = len(feats)
         n = torch.tensor(sizes, device=self.device)
         side1 = self._database_side(feats, max(sizes))
-        side0 = _Side(query_side.desc.expand(b, -1, -1), query_side.enc.expand(-1, b, -1, -1, -1),
+        # the query's descriptors stay one row until the first layer has run (see transformer_layer)
+        side0 = _Side(query_side.desc, query_side.enc.expand(-1, b, -1, -1, -1),
                       query_side.alive.expand(b, -1), query_side.index.expand(b, -1))
         pair = torch.arange(b, device=self.device)  # active row -> position in this batch
         results: List[Optional[MatchResult]] = [None] * b
@@ -359,8 +367,9 @@ class BatchedLightGlue:
 
     @staticmethod
     def _maybe_compact(side: _Side) -> _Side:
+        """Drop pruned points once no pair needs the padded length (as upstream drops them at once)."""
         longest = int(side.alive.sum(1).max())
-        return side.compact() if longest <= 0.8 * side.alive.shape[1] else side
+        return side.compact() if longest < side.alive.shape[1] else side
 
     def _finish(self, i, side0, side1, pair, threshold, return_matches, results):
         scores = log_assignment(self.model.log_assignment[i], side0.desc.float(), side1.desc.float(),
