@@ -68,7 +68,8 @@ SPECS: Dict[str, _Spec] = {
     "filter_threshold": (0.1, _is_number, "number", lambda v: 0 <= v < 1, "0 <= x < 1"),
     "image_size": (512, _is_int, "integer", lambda v: 64 <= v <= 4096, "64..4096"),
     "feature_cache_max_size": (10000, _is_int, "integer", lambda v: v >= 0, ">= 0 (0 disables the cache)"),
-    "feature_cache_max_bytes": (0, _is_int, "integer", lambda v: v >= 0, ">= 0 (0 = no byte bound)"),
+    # ~1 MiB per annotation at 2048 keypoints: 10,000 entries alone could take 10 GiB
+    "feature_cache_max_bytes": (2 << 30, _is_int, "integer", lambda v: v >= 0, ">= 0 (0 = no byte bound)"),
     "device": ("auto", lambda v: isinstance(v, str), "string",
                lambda v: v in DEVICES or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
     "compile": (True, lambda v: isinstance(v, bool), "boolean", lambda v: True, "true or false"),
