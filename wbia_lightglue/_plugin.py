@@ -11,7 +11,7 @@ WBIA reads its plugin registries when a controller is built, so this module must
 Registered here:
 
 * ibs methods ``lightglue_compute_features``, ``lightglue_features``, ``lightglue_match_scores``,
-  ``lightglue_evaluate`` (and the web handlers below);
+  ``lightglue_evaluate``, ``lightglue_calibrate`` (and the web handlers below);
 * depc tables ``LightGlueFeatures`` (per annotation) and ``LightGlue`` (per annotation pair, with the
   request class used by ``ibs.query_chips(..., cfgdict={'pipeline_root': 'LightGlue'})``);
 * routes ``/api/plugin/lightglue/match/score/``, ``/api/plugin/lightglue/config/`` and
@@ -36,7 +36,7 @@ from wbia import constants as const  # noqa: E402
 from wbia import dtool  # noqa: E402
 from wbia.control import controller_inject  # noqa: E402
 
-from . import core, viz  # noqa: E402
+from . import calibration, core, viz  # noqa: E402
 from .core import LightGlueConfig as CoreConfig  # noqa: E402
 from .evaluation import DEFAULT_RANKS, evaluate_scores, score_all_pairs  # noqa: E402
 
@@ -233,13 +233,38 @@ def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = N
     logger.info("lightglue_evaluate: %d annotations, %d names, config %s", len(aids),
                 len({n for n in nids if n is not None and n > 0}), config.source or "defaults")
 
-    def one_to_many(i: int, js: List[int]) -> List[float]:
-        return core.match_scores(feats[i], [feats[j] for j in js], config)
-
-    scores = score_all_pairs(len(aids), one_to_many)
+    scores = _all_pair_scores(ibs, aids, config)
     report = evaluate_scores(scores, nids, ids=aids, ranks=ranks, name_score=config["name_score"])
     logger.info("lightglue_evaluate (aids %s):\n%s", _abbreviate(aids), report.table())
     return report.rank1
+
+
+def _all_pair_scores(ibs, aids: List[int], config: CoreConfig) -> np.ndarray:
+    """Symmetric score matrix of ``aids``, each unordered pair scored once (evaluation.score_all_pairs)."""
+    feats = ibs.lightglue_features(aids, config)
+
+    def one_to_many(i: int, js: List[int]) -> List[float]:
+        return core.match_scores(feats[i], [feats[j] for j in js], config)
+
+    return score_all_pairs(len(aids), one_to_many)
+
+
+@register_ibs_method
+def lightglue_calibrate(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
+                        output: Union[str, Path, None] = None) -> str:
+    """Fit score -> P(same individual) on every pair of ``aid_list`` (labels = names) and save it.
+
+    Unnamed annotations take part in no pair. The calibration is saved beside the config file
+    (``calibration.calibration_path``: ``<config>.calibration.json``, for the defaults
+    ``<config dir>/config.calibration.json``) unless ``output`` names a file; returns the path.
+    Once saved, ``lightglue_api_match_scores`` returns probabilities beside the raw scores.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    nids = ibs.get_annot_nids(aids)
+    scores, same = calibration.labelled_pairs(_all_pair_scores(ibs, aids, config), nids)
+    fitted = calibration.fit(scores, same, config, annotations=len(aids))
+    return str(calibration.save_calibration(fitted, config, output))
 
 
 def _abbreviate(items: Sequence[Any], limit: int = 8) -> str:
@@ -439,8 +464,10 @@ def _aids_from_uuids(ibs, uuids: List[uuid.UUID]) -> List[int]:
 def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_list=None, config_path=None):
     """Raw LightGlue scores of one query annotation against database annotations (by UUID).
 
-    Returns ``{"query_annot_uuid", "database_annot_uuid_list", "score_list", "config_path"}``
-    with scores in the order of ``database_annot_uuid_list``.
+    Returns ``{"query_annot_uuid", "database_annot_uuid_list", "score_list", "probability_list",
+    "config_path"}`` with scores in the order of ``database_annot_uuid_list``; ``probability_list``
+    holds P(same individual) per score when the config has a calibration (``lightglue_calibrate``),
+    else None.
     """
     if query_annot_uuid is None:
         raise controller_inject.WebMissingInput("query_annot_uuid is required", key="query_annot_uuid")
@@ -454,7 +481,9 @@ def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_l
     daids = _aids_from_uuids(ibs, duuids)
     scores = ibs.lightglue_match_scores(qaid, daids, config)
     return {"query_annot_uuid": str(quuid), "database_annot_uuid_list": [str(u) for u in duuids],
-            "score_list": [float(s) for s in scores], "config_path": config.source}
+            "score_list": [float(s) for s in scores],
+            "probability_list": calibration.probabilities(calibration.load_calibration(config), scores),
+            "config_path": config.source}
 
 
 @register_ibs_method

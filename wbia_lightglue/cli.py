@@ -4,6 +4,7 @@
     wbia-lightglue evaluate DATASET [--output DIR] [--limit-individuals N] [--group-by COLUMN]
     wbia-lightglue match IMAGE_A IMAGE_B [--output PNG]
     wbia-lightglue extract DATASET
+    wbia-lightglue calibrate DATASET [--output JSON] [--group-by COLUMN]
     wbia-lightglue demo [--output DIR]
 
 Exit codes: 0 success, 2 usage or config error (bad arguments, missing input, malformed CSV, invalid
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
-from . import demo, evaluate_dataset, extract, identify, match_pair
+from . import calibration, demo, evaluate_dataset, extract, identify, match_pair
 from .core import ConfigError, FeatureMismatchError, LightGlueConfig, load_config, resolve_device
 from .dataset import DatasetError, ImageReadError
 
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("dataset", type=Path, metavar="DATASET")
     cmd.add_argument("--limit-individuals", type=int, metavar="N")
     cmd.add_argument("--seed", type=int)
+
+    cmd = commands.add_parser("calibrate", parents=[common],
+                              help="fit score -> P(same individual) on a labelled dataset's pairs")
+    cmd.add_argument("dataset", type=Path, metavar="DATASET")
+    cmd.add_argument("--output", type=Path, metavar="JSON",
+                     help="where to save it (default: beside the config file, <config>.calibration.json)")
+    cmd.add_argument("--group-by", metavar="COLUMN", help="compare only annotations with equal COLUMN (e.g. side)")
+    cmd.add_argument("--method", choices=calibration.METHODS, default="isotonic")
 
     cmd = commands.add_parser("demo", parents=[common], help="run end to end on built-in synthetic animals",
                               description="The demo uses 512 keypoints and 384 px images unless --keypoints or "
@@ -153,6 +162,16 @@ def run(args: argparse.Namespace) -> None:
         report = extract.main(args.dataset, _config(args), limit=args.limit_individuals, seed=args.seed,
                               cache_dir=args.cache_dir, progress=progress)
         print(_features_line(report.loaded, report.extracted, report.failed))
+    elif args.command == "calibrate":
+        fitted = calibration.main(args.dataset, _config(args), args.output, group_by=args.group_by,
+                                  method=args.method, cache_dir=args.cache_dir, progress=progress)
+        check = fitted.held_out
+        print(f"calibration ({fitted.calibration.method}) on {fitted.calibration.num_pairs} pairs "
+              f"({fitted.calibration.num_positive} same individual): wrote {fitted.path}")
+        if "brier" in check:
+            print(f"held-out individuals ({check['held_out_pairs']} pairs): Brier {check['brier']:.4f} "
+                  f"(base rate {check['brier_base_rate']:.4f}), ECE {check['ece']:.3f}"
+                  + (f"; reliability diagram {fitted.reliability_png}" if fitted.reliability_png else ""))
     elif args.command == "demo":
         demo.main(args.output, _config(args, demo.DEMO_CONFIG), cache_dir=args.cache_dir, progress=progress)
 
@@ -166,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     restore_logging = _setup_logging(args.verbose)
     try:
         run(args)
-    except (UsageError, ConfigError, DatasetError) as exc:
+    except (UsageError, ConfigError, DatasetError, calibration.CalibrationError) as exc:
         return _fail(exc, 2)
     except (ImageReadError, FeatureMismatchError, OSError, RuntimeError) as exc:
         return _fail(exc, 1)

@@ -2,7 +2,9 @@
 
 Each database annotation is matched with LightGlue against the query (config ``score``), the
 annotation scores are aggregated per individual (config ``name_score``), and individuals are ranked by
-that score; each row also names the individual's best-matching annotation.
+that score; each row also names the individual's best-matching annotation. When the config has a
+calibration (``wbia-lightglue calibrate``), each row also carries ``probability``: P(same individual)
+of that best-matching annotation's raw score.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from .calibration import load_calibration
 from .core import LightGlueConfig, match_scores, name_scores, resolve_config
 from .dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
 from .store import FeatureStore, StoreReport, annotation_features
@@ -31,6 +34,7 @@ class Candidate:
     annotation: str  # the individual's best-matching annotation (short name)
     score: float
     path: str = ""  # that annotation's image file
+    probability: Optional[float] = None  # calibrated P(same individual) of that annotation's score
 
 
 @dataclass
@@ -44,8 +48,11 @@ class Identification:
     def table(self, top: Optional[int] = DEFAULT_TOP) -> str:
         rows = self.candidates[:top] if top else self.candidates
         width = max([len("individual")] + [len(c.individual) for c in rows])
-        lines = [f"{'rank':>4}  {'individual':<{width}}  {'score':>9}  best annotation"]
-        lines += [f"{c.rank:>4}  {c.individual:<{width}}  {c.score:>9.3f}  {c.annotation}" for c in rows]
+        calibrated = any(c.probability is not None for c in rows)
+        prob = (lambda c: f"  {c.probability:>11.3f}") if calibrated else (lambda c: "")
+        lines = [f"{'rank':>4}  {'individual':<{width}}  {'score':>9}{'  probability' if calibrated else ''}"
+                 "  best annotation"]
+        lines += [f"{c.rank:>4}  {c.individual:<{width}}  {c.score:>9.3f}{prob(c)}  {c.annotation}" for c in rows]
         return "\n".join(lines)
 
     def to_dict(self, top: Optional[int] = None) -> Dict[str, Any]:
@@ -55,16 +62,20 @@ class Identification:
 
 
 def rank_individuals(
-    annot_scores: Sequence[float], annotations: Sequence[Annotation], method: str = "max",
+    annot_scores: Sequence[float], annotations: Sequence[Annotation], method: str = "max", calibration=None,
 ) -> List[Candidate]:
-    """Individuals ordered by aggregated score (ties by natural name order, so output is stable)."""
+    """Individuals ordered by aggregated score (ties by natural name order, so output is stable).
+
+    With a ``calibration`` each row carries the probability of its best annotation's raw score.
+    """
     per_name = name_scores(annot_scores, [a.individual for a in annotations], method)
     best: Dict[str, tuple] = {}
     for score, annot in zip(annot_scores, annotations):
         if annot.individual not in best or score > best[annot.individual][0]:
             best[annot.individual] = (score, annot)
     order = sorted(per_name, key=lambda name: (-per_name[name], natural_key(name)))
-    return [Candidate(rank, name, best[name][1].name, per_name[name], str(best[name][1].path))
+    prob = (lambda s: None) if calibration is None else (lambda s: float(calibration.probability(s)))
+    return [Candidate(rank, name, best[name][1].name, per_name[name], str(best[name][1].path), prob(best[name][0]))
             for rank, name in enumerate(order, start=1)]
 
 
@@ -101,7 +112,8 @@ def main(
         raise DatasetError(f"database {dataset.source} has no usable annotation besides the query")
     annots, feats = [annots[i] for i in others], [feats[i] for i in others]
     scores = match_scores(q_feats[0], feats, config, progress=progress)
-    result = Identification(str(query), rank_individuals(scores, annots, config["name_score"]),
+    ranking = rank_individuals(scores, annots, config["name_score"], load_calibration(config))
+    result = Identification(str(query), ranking,
                             loaded=q_report.loaded + report.loaded, extracted=q_report.extracted + report.extracted,
                             skipped=report.failed)
     logger.info("query features %s; database: %d loaded, %d extracted", "extracted" if q_report.extracted
