@@ -150,3 +150,34 @@ def test_score_variants(photo_features):
     assert inliers[0] > 0.5 * results[0].num_matches  # two views of one scene: geometry holds
     assert inliers[0] > 3 * inliers[1]
     assert confidence[0] > confidence[1]
+
+
+def small_features():
+    config = core.LightGlueConfig(dict(max_num_keypoints=128, image_size=256))
+    chip = textured_chip(0)
+    return core.extract_features([chip, warp(chip), textured_chip(1)], config, progress=False)
+
+
+def test_compiled_layers_equal_eager():
+    """The torch.compile path (used on CUDA) gives the eager results; exercised here with inductor on CPU."""
+    feats = small_features()
+    model, cpu = core.get_lightglue(torch.device("cpu")), torch.device("cpu")
+    eager = [r.score for r in BatchedLightGlue(model, cpu).match(feats[0], feats[1:])]
+    compiled = [r.score for r in BatchedLightGlue(model, cpu, compile=True).match(feats[0], feats[1:])]
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4)
+    assert eager[0] > 10 * eager[1]
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("inductor exploded")
+        return run
+
+    feats = small_features()
+    model, cpu = core.get_lightglue(torch.device("cpu")), torch.device("cpu")
+    expected = [r.score for r in BatchedLightGlue(model, cpu).match(feats[0], feats[1:])]
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    matcher = BatchedLightGlue(model, cpu, compile=True)
+    assert [r.score for r in matcher.match(feats[0], feats[1:])] == expected
+    assert "falling back to eager" in caplog.text and "inductor exploded" in caplog.text

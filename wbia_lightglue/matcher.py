@@ -16,6 +16,7 @@ The query's input projection, positional encoding and first self-attention are c
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -186,25 +187,26 @@ class BatchedLightGlue:
         self.dtype = dtype
         self.n_layers = model.conf.n_layers
         self.thresholds = model.confidence_thresholds.float()
-        self._layer_fn: Callable = transformer_layer
+        eager = [functools.partial(transformer_layer, layer) for layer in model.transformers]
+        self._eager_layers: List[Callable] = eager
+        self._layers: List[Callable] = eager
         if compile:
-            try:
-                self._layer_fn = torch.compile(transformer_layer, dynamic=True)
+            try:  # one compiled function per layer: each keeps its own graph cache (batch and lengths vary)
+                self._layers = [torch.compile(fn, dynamic=True) for fn in eager]
             except Exception as exc:  # noqa: BLE001 - any compile problem means eager
                 logger.warning("torch.compile unavailable (%s); LightGlue runs eagerly", exc)
 
     def _run_layer(self, i, desc0, desc1, enc0, enc1, alive0, alive1):
-        layer = self.model.transformers[i]
         autocast = self.dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             try:
-                return self._layer_fn(layer, desc0, desc1, enc0, enc1, alive0, alive1)
-            except Exception as exc:  # noqa: BLE001
-                if self._layer_fn is transformer_layer:
+                return self._layers[i](desc0, desc1, enc0, enc1, alive0, alive1)
+            except Exception as exc:  # noqa: BLE001 - compilation errors surface at the first call
+                if self._layers is self._eager_layers:
                     raise
                 logger.warning("compiled LightGlue layer failed (%s); falling back to eager", exc)
-                self._layer_fn = transformer_layer
-                return transformer_layer(layer, desc0, desc1, enc0, enc1, alive0, alive1)
+                self._layers = self._eager_layers
+                return self._layers[i](desc0, desc1, enc0, enc1, alive0, alive1)
 
     # ------------------------------------------------------------------ inputs
     def _tensor(self, array, dtype=torch.float32) -> torch.Tensor:
