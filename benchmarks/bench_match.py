@@ -111,6 +111,25 @@ def upstream_loop(query: dict, database: List[dict], config, device) -> List[flo
 upstream_loop.models = {}
 
 
+# dense bf16 tensor-core peaks (FLOP/s) for the fraction-of-bound column on known GPUs
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def flops_per_pair(keypoints: int, dim: int = 256) -> float:
+    """Full-depth LightGlue cost (both sides with ``keypoints`` points): 690*N*d^2 + 128*N^2*d."""
+    return 690 * keypoints * dim**2 + 128 * keypoints**2 * dim
+
+
+def fraction_of_bound(pairs_per_s: float, keypoints: int, device: torch.device) -> str:
+    if device.type != "cuda":
+        return ""
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    achieved = pairs_per_s * flops_per_pair(keypoints)
+    text = f"{achieved / 1e12:.1f} TFLOP/s"
+    return text + (f" = {100 * achieved / peak:.1f}% of {peak / 1e12:.0f}" if peak else "")
+
+
 def parity(scores: List[float], reference: List[float]) -> float:
     a, b = np.asarray(scores), np.asarray(reference)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3)))
@@ -165,7 +184,8 @@ def main(argv=None) -> List[Dict]:
     if len(pairs) == 1:
         pairs = pairs * len(args.keypoints)
     print(f"machine: {machine(device)}")
-    print(f"{'keypoints':>9} {'mode':>8} {'pairs':>5}  {'path':<22} {'pairs/s':>8} {'x loop':>7} {'parity':>9}")
+    print(f"{'keypoints':>9} {'mode':>8} {'pairs':>5}  {'path':<22} {'pairs/s':>8} {'x loop':>7} {'parity':>9}"
+          + ("  full-depth FLOP rate (upper bound on work done)" if device.type == "cuda" else ""))
     rows = []
     for k, n in zip(args.keypoints, pairs):
         for adaptive in ([True, False] if args.full else [True]):
@@ -173,7 +193,8 @@ def main(argv=None) -> List[Dict]:
                 rows.append(row)
                 mode = "adaptive" if adaptive else "full"
                 print(f"{k:>9} {mode:>8} {n:>5}  {row['path']:<22} {row['pairs_per_s']:>8.2f} "
-                      f"{row['ratio']:>6.2f}x {row['parity']:>9.1e}", flush=True)
+                      f"{row['ratio']:>6.2f}x {row['parity']:>9.1e}  "
+                      f"{fraction_of_bound(row['pairs_per_s'], k, device)}", flush=True)
     print(f"peak process memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(device), "rows": rows}, indent=2))
