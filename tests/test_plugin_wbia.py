@@ -475,3 +475,25 @@ def test_serve_registers_plugin_then_runs_wbia_dev_as_main(monkeypatch):
     serve.main(["--dbdir", "/tmp/db", "--web", "--port", "5000"])
     assert seen == {"name": "wbia.dev", "run_name": "__main__", "alter_sys": True, "plugin": True,
                     "argv": ["wbia-lightglue-serve", "--dbdir", "/tmp/db", "--web", "--port", "5000"]}
+
+
+# ============================================================================ calibration
+def test_calibrate_saves_beside_the_config_and_the_api_returns_probabilities(db, config_dir):
+    ibs = db["ibs"]
+    made = _made(db)
+    path = Path(ibs.lightglue_calibrate(made + [db["role"]["unnamed"]]))
+    try:
+        assert path == config_dir / "config.calibration.json"
+        saved = json.loads(path.read_text())
+        assert saved["match_fingerprint"] == core.load_config().match_fingerprint
+        assert saved["num_pairs"] == 15 and saved["num_positive"] == 3  # the unnamed one is in no pair
+        out = ibs.lightglue_api_match_scores(str(ibs.get_annot_uuids(made[0])),
+                                             [str(u) for u in ibs.get_annot_uuids(made[1:])])
+        probs = out["probability_list"]
+        assert len(probs) == 5 and all(0 <= p <= 1 for p in probs)
+        assert probs[0] == max(probs)  # its own individual's other view: the most likely
+        other = ibs.lightglue_api_match_scores(str(ibs.get_annot_uuids(made[0])),
+                                               [str(u) for u in ibs.get_annot_uuids(made[1:])], "other.json")
+        assert other["probability_list"] is None  # another config file: no calibration of its own
+    finally:
+        path.unlink(missing_ok=True)
