@@ -65,7 +65,7 @@ def main(
 
     summary = DemoSummary(report.rank1, report.mean_average_precision, 0, 0)
     annots = scored.dataset.annotations
-    for individual in dataset.individuals[:NUM_QUERIES]:
+    for individual in dataset.individuals[::2][:NUM_QUERIES]:  # every other one: one per pattern kind
         # identify's ranking of this photo against all the others, from the pairs scored above
         q = next(i for i, a in enumerate(annots) if a.individual == individual)
         others = [j for j in range(len(annots)) if j != q]
