@@ -21,7 +21,7 @@ from .dataset import load_dataset
 
 logger = logging.getLogger("wbia_lightglue")
 
-DEFAULT_OUTPUT = Path("wbia-lightglue-demo")
+DEFAULT_OUTPUT = Path("demo-output")  # the Makefile's folder, git-ignored
 DEMO_CONFIG = {"max_num_keypoints": 512, "image_size": 384}
 NUM_INDIVIDUALS = 6
 PHOTOS_PER_INDIVIDUAL = 3
