@@ -51,7 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from wbia_lightglue import core
+from wbia_lightglue import calibration, core
 from wbia_lightglue.dataset import Annotation, natural_key
 from wbia_lightglue.evaluation import EvaluationReport, evaluate_scores
 from wbia_lightglue.store import FeatureStore, annotation_features
@@ -255,6 +255,7 @@ def variant_scores(feats: Sequence[dict], labels: Sequence[str], groups: Sequenc
     return scores
 
 
+CALIBRATED_VARIANTS = ("confidence_sum", "inlier_count")
 VARIANTS = ("confidence_sum", "match_count", "inlier_count", "inlier_confidence_sum", "kpscore_weighted",
             "lnbnn_t3", "idf_photos", "idf_names", "inv_df_names", "idf_both")
 
@@ -278,7 +279,13 @@ def run_keypoints(annots: List[Annotation], keypoints: int, output: Path, image_
     results: Dict[str, dict] = {}
     folder = output / "reports" / str(keypoints)
     folder.mkdir(parents=True, exist_ok=True)
-    for variant, scores in variant_scores(feats, labels, groups, pm, inliers).items():
+    all_scores = variant_scores(feats, labels, groups, pm, inliers)
+    for variant in CALIBRATED_VARIANTS:  # fitted on half the individuals, judged on the other half
+        check = calibration.held_out_check(all_scores[variant], labels, config.replace(score=variant),
+                                           plot=folder / f"reliability_{variant}.png")
+        results[f"_calibration|{variant}"] = check
+        logger.info("%d kp %s calibration (held-out individuals): %s", keypoints, variant, check)
+    for variant, scores in all_scores.items():
         for name_score in NAME_SCORES:
             rep = evaluate_scores(scores, labels, ids=ids, groups=groups, ranks=RANKS, name_score=name_score)
             rep.meta.update(variant=variant, keypoints=keypoints, config=config.to_dict(),
@@ -314,6 +321,14 @@ def markdown_table(summary: Dict[int, Dict[str, dict]], extra_rows: Sequence[Tup
     for label, row in extra_rows:
         lines.append(f"\n{label}: Rank-1 {100 * row['rank1']:.1f}, Rank-5 {100 * row['rank5']:.1f}, "
                      f"mAP {row['mAP']:.3f}")
+    for k in kps:
+        for variant in CALIBRATED_VARIANTS:
+            c = summary[k].get(f"_calibration|{variant}", {})
+            if "brier" in c:
+                lines.append(f"\ncalibration of {variant} at {k} kp (isotonic, fitted on half the individuals): "
+                             f"held-out Brier {c['brier']:.4f} (base rate {c['brier_base_rate']:.4f}), "
+                             f"ECE {c['ece']:.4f}, {c['held_out_pairs']} pairs of {c['held_out_individuals']} "
+                             f"individuals")
     runs = "; ".join(f"{k} kp: {summary[k]['_run']['pairs']} pairs in {summary[k]['_run']['match_seconds']:.0f} s"
                      for k in kps)
     first = summary[kps[0]]["_run"]
