@@ -11,7 +11,7 @@ from wbia_lightglue.core import FeatureCache, FeatureMismatchError, InvalidChipE
 
 from images import textured_chip
 
-SMALL = core.LightGlueConfig(dict(max_num_keypoints=128, image_size=256))
+SMALL = core.LightGlueConfig(dict(max_num_keypoints=128, image_size=256, device="cpu"))
 
 
 # ---------------------------------------------------------------------------- extraction

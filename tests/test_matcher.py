@@ -10,6 +10,8 @@ from images import textured_chip, warp
 
 pytestmark = pytest.mark.slow
 
+CPU = {"device": "cpu"}  # exactness is checked in fp32 on the CPU, also on machines with a GPU
+
 
 @pytest.fixture(scope="module")
 def upstream():
@@ -45,7 +47,7 @@ def subset(feats, n, seed=0):
 
 @pytest.fixture(scope="module")
 def photo_features(photos):
-    config = core.LightGlueConfig(dict(max_num_keypoints=2048))
+    config = core.LightGlueConfig(dict(CPU, max_num_keypoints=2048))
     names = ["DSC_0410", "DSC_0411", "sacre_coeur1", "sacre_coeur2"]
     return dict(zip(names, core.extract_features([photos[n] for n in names], config, progress=False)))
 
@@ -89,7 +91,7 @@ def test_very_unequal_sizes_both_ways(photo_features, upstream):
     f = photo_features
     small, large = subset(f["DSC_0410"], 30), f["DSC_0411"]
     assert len(large["keypoints"]) == 2048
-    config = core.LightGlueConfig({})
+    config = core.LightGlueConfig(CPU)
     for query, db in ((small, large), (large, small)):
         [score] = core.match_scores(query, [db], config)
         _, ref_scores = upstream_match(upstream, query, db, 0.95, 0.99, 0.1)
@@ -97,7 +99,7 @@ def test_very_unequal_sizes_both_ways(photo_features, upstream):
 
 
 def test_zero_keypoints_scores_zero(photo_features):
-    config = core.LightGlueConfig({})
+    config = core.LightGlueConfig(CPU)
     empty = core.empty_features(config, (100, 100))
     full = photo_features["DSC_0410"]
     assert core.match_scores(full, [empty, full], config)[0] == 0.0
@@ -106,7 +108,7 @@ def test_zero_keypoints_scores_zero(photo_features):
 
 def test_same_scene_scores_far_above_cross_scene(photo_features):
     f = photo_features
-    config = core.LightGlueConfig({})
+    config = core.LightGlueConfig(CPU)
     dsc = core.match_scores(f["DSC_0410"], [f["DSC_0411"], f["sacre_coeur1"], f["sacre_coeur2"]], config)
     sacre = core.match_scores(f["sacre_coeur1"], [f["sacre_coeur2"], f["DSC_0410"], f["DSC_0411"]], config)
     for same, *cross in (dsc, sacre):
@@ -116,7 +118,7 @@ def test_same_scene_scores_far_above_cross_scene(photo_features):
 
 def test_scores_in_input_order_and_match_counts(photo_features):
     f = photo_features
-    config = core.LightGlueConfig({})
+    config = core.LightGlueConfig(CPU)
     database = [f["sacre_coeur1"], f["DSC_0411"], f["sacre_coeur2"]]
     forward = core.match_scores(f["DSC_0410"], database, config)
     backward = core.match_scores(f["DSC_0410"], database[::-1], config)
@@ -129,7 +131,7 @@ def test_scores_in_input_order_and_match_counts(photo_features):
 
 
 def test_project_made_views_rank_their_original_first():
-    config = core.LightGlueConfig(dict(max_num_keypoints=256, image_size=256))
+    config = core.LightGlueConfig(dict(CPU, max_num_keypoints=256, image_size=256))
     chips = [textured_chip(seed) for seed in range(4)]
     views = [warp(chip) for chip in chips]
     feats = core.extract_features(chips + views, config, progress=False)
@@ -140,7 +142,7 @@ def test_project_made_views_rank_their_original_first():
 
 def test_score_variants(photo_features):
     f = photo_features
-    base = core.LightGlueConfig(dict(max_num_keypoints=2048))
+    base = core.LightGlueConfig(dict(CPU, max_num_keypoints=2048))
     database = [f["DSC_0411"], f["sacre_coeur1"]]
     confidence = core.match_scores(f["DSC_0410"], database, base)
     counts = core.match_scores(f["DSC_0410"], database, base.replace(score="match_count"))
@@ -153,7 +155,7 @@ def test_score_variants(photo_features):
 
 
 def small_features():
-    config = core.LightGlueConfig(dict(max_num_keypoints=128, image_size=256))
+    config = core.LightGlueConfig(dict(CPU, max_num_keypoints=128, image_size=256))
     chip = textured_chip(0)
     return core.extract_features([chip, warp(chip), textured_chip(1)], config, progress=False)
 
@@ -181,3 +183,22 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
     matcher = BatchedLightGlue(model, cpu, compile=True)
     assert [r.score for r in matcher.match(feats[0], feats[1:])] == expected
     assert "falling back to eager" in caplog.text and "inductor exploded" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_paths_agree_with_cpu(photo_features, photos):
+    """On a CUDA machine: fp32 equals the CPU result; mixed precision + compile stays close."""
+    f = photo_features
+    database = [f["DSC_0411"], f["sacre_coeur1"], subset(f["sacre_coeur2"], 300)]
+    cpu = core.LightGlueConfig(CPU)
+    reference = core.match_scores(f["DSC_0410"], database, cpu)
+    fp32 = core.match_scores(f["DSC_0410"], database, cpu.replace(device="cuda", mixed_precision=False,
+                                                                    compile=False))
+    np.testing.assert_allclose(fp32, reference, rtol=1e-3)
+    fast = core.match_scores(f["DSC_0410"], database, cpu.replace(device="cuda"))
+    assert int(np.argmax(fast)) == 0 and fast[0] == pytest.approx(reference[0], rel=0.05)
+    cuda = cpu.replace(device="cuda", max_num_keypoints=2048)
+    gpu_feats = core.extract_features([photos["DSC_0410"], photos["DSC_0411"]], cuda)  # one padded batch
+    assert [len(g["keypoints"]) for g in gpu_feats] == [2048, 2048]
+    assert core.match_scores(gpu_feats[0], gpu_feats[1:], cuda)[0] > 0.5 * reference[0]
