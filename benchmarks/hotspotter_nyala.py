@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_nyala  # noqa: E402
 
 from wbia_lightglue import _wbia_compat, core  # noqa: E402
-from wbia_lightglue.dataset import Annotation, natural_key  # noqa: E402
+from wbia_lightglue.dataset import Annotation  # noqa: E402
 from wbia_lightglue.evaluation import evaluate_scores  # noqa: E402
 from wbia_lightglue.store import FeatureStore, annotation_features  # noqa: E402
 
@@ -164,7 +164,7 @@ def one_vs_many_photos(labels_csv: Path, count: int) -> List[Annotation]:
 def one_vs_many(labels_csv: Path, count: int, keypoints: Sequence[int], workdir: Path,
                 cache_dir: Optional[Path], repeats: int = 3) -> dict:
     photos = one_vs_many_photos(labels_csv, count)
-    queries, database = photos[:2], photos[2:]
+    database = photos[2:]  # photos[:2] are the queries
     out = {"database_photos": len(database)}
     ibs = open_wbia(workdir / "timing_db")
     aids = build_database(ibs, photos)

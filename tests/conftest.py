@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

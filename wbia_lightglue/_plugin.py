@@ -229,7 +229,7 @@ def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = N
     config = core.load_config(config_path)
     aids = list(aid_list)
     nids = ibs.get_annot_nids(aids)
-    feats = ibs.lightglue_features(aids, config)
+    ibs.lightglue_features(aids, config)  # every annotation's features first, in one extraction batch
     logger.info("lightglue_evaluate: %d annotations, %d names, config %s", len(aids),
                 len({n for n in nids if n is not None and n > 0}), config.source or "defaults")
 

@@ -406,8 +406,8 @@ def features_nbytes(feats: dict) -> int:
     return sum(v.nbytes for v in feats.values() if isinstance(v, np.ndarray))
 
 
-def _run_aliked(extractor, images: List[np.ndarray], max_keypoints: int, device) -> List[dict]:
-    """ALIKED on same-purpose RGB uint8 images (one batch, zero-padded to the largest; DKD masks the padding)."""
+def _run_aliked(extractor, images: List[np.ndarray], device) -> List[dict]:
+    """ALIKED on RGB uint8 images (one batch, zero-padded to the largest; DKD masks the padding)."""
     import torch
 
     height = max(im.shape[0] for im in images)
@@ -484,7 +484,7 @@ def extract_features(
         bar = tqdm(total=len(prepared), desc="ALIKED", unit="chip", disable=not progress or len(prepared) < 2)
         for start in range(0, len(prepared), step):
             group = prepared[start:start + step]
-            outputs = _run_aliked(extractor, [item[1] for item in group], config["max_num_keypoints"], device)
+            outputs = _run_aliked(extractor, [item[1] for item in group], device)
             for (pos, _, scale, size), out in zip(group, outputs):
                 # resized-pixel -> chip-pixel coordinates (pixel centres), as upstream's Extractor.extract
                 out["keypoints"] = ((out["keypoints"] + 0.5) / np.asarray(scale, np.float32) - 0.5).astype(np.float32)

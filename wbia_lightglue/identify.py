@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from .calibration import load_calibration
 from .core import LightGlueConfig, match_scores, name_scores, resolve_config
 from .dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
-from .store import FeatureStore, StoreReport, annotation_features
+from .store import FeatureStore, annotation_features
 
 logger = logging.getLogger("wbia_lightglue")
 
