@@ -249,14 +249,8 @@ def matcher_dtype(config: LightGlueConfig, device) -> "torch.dtype":
         if not config["mixed_precision"]:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    precision = config["cpu_precision"]
-    if precision == "bf16" or (precision == "auto" and AUTO_CPU_BF16 and cpu_supports_bf16()):
-        return torch.bfloat16
-    return torch.float32
-
-
-# Whether cpu_precision='auto' picks bf16 on CPUs that support it (see benchmarks/bench_match.py).
-AUTO_CPU_BF16 = False
+    # 'auto' stays fp32: bf16 has not yet passed the nyala accuracy check on a CPU with bf16 units
+    return torch.bfloat16 if config["cpu_precision"] == "bf16" else torch.float32
 
 
 class ModelRegistry:
