@@ -38,7 +38,7 @@ from wbia.control import controller_inject  # noqa: E402
 
 from . import calibration, core, viz  # noqa: E402
 from .core import LightGlueConfig as CoreConfig  # noqa: E402
-from .evaluation import DEFAULT_RANKS, evaluate_scores, score_all_pairs  # noqa: E402
+from .evaluation import DEFAULT_RANKS, evaluate_scores, score_feature_pairs  # noqa: E402
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -241,12 +241,7 @@ def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = N
 
 def _all_pair_scores(ibs, aids: List[int], config: CoreConfig) -> np.ndarray:
     """Symmetric score matrix of ``aids``, each unordered pair scored once (evaluation.score_all_pairs)."""
-    feats = ibs.lightglue_features(aids, config)
-
-    def one_to_many(i: int, js: List[int]) -> List[float]:
-        return core.match_scores(feats[i], [feats[j] for j in js], config)
-
-    return score_all_pairs(len(aids), one_to_many)
+    return score_feature_pairs(ibs.lightglue_features(aids, config), config)
 
 
 @register_ibs_method

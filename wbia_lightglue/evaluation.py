@@ -113,6 +113,21 @@ def score_all_pairs(
     return scores
 
 
+def score_feature_pairs(
+    feats: Sequence[dict],
+    config,
+    groups: Optional[Sequence[Any]] = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """``score_all_pairs`` over feature dicts: one batched ``core.match_scores`` call per query."""
+    from .core import match_scores
+
+    def one_to_many(i: int, partners: List[int]) -> Sequence[float]:
+        return match_scores(feats[i], [feats[j] for j in partners], config)
+
+    return score_all_pairs(len(feats), one_to_many, groups=groups, progress=progress)
+
+
 def evaluate_scores(
     scores: np.ndarray,
     labels: Sequence[Any],
