@@ -74,6 +74,8 @@ def test_missing_requested_file_is_an_error(tmp_path):
     ({"image_size": 10}, ["'image_size'", "value 10"]),
     ({"feature_cache_max_size": -1}, ["'feature_cache_max_size'", "-1"]),
     ({"score": "magic"}, ["'score'", "'magic'", "confidence_sum"]),
+    ({"screen_layer": 9}, ["'screen_layer'", "value 9", "0 (off) .. 8"]),
+    ({"screen_score": -1}, ["'screen_score'", "-1"]),
 ])
 def test_invalid_values_name_file_key_and_value(tmp_path, values, needles):
     path = write(tmp_path / "bad.json", values)
@@ -113,6 +115,8 @@ def test_match_settings_do_not_change_feature_fingerprint(no_default_file):
     other = base.replace(depth_confidence=-1, filter_threshold=0.2)
     assert other.feature_fingerprint == base.feature_fingerprint
     assert other.match_fingerprint != base.match_fingerprint
+    screened = base.replace(screen_score=base["screen_score"] + 1)
+    assert screened.match_fingerprint != base.match_fingerprint
     # 1 and 1.0 are the same JSON number
     assert base.replace(depth_confidence=1).match_fingerprint == base.replace(depth_confidence=1.0).match_fingerprint
 

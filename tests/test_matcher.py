@@ -77,6 +77,40 @@ def test_batched_equals_upstream_single_pair(photo_features, upstream, mode):
         assert abs(result.score - ref_total) <= 1e-4 * max(ref_total, 1e-3), f"pair {k}"
 
 
+def upstream_truncated(model, feats0, feats1, layers):
+    """Upstream's forward cut to its first ``layers`` layers (scored with that layer's assignment head)."""
+    full = model.conf.n_layers
+    model.conf.n_layers = layers
+    try:
+        return upstream_match(model, feats0, feats1, 0.95, 0.99, 0.1)
+    finally:
+        model.conf.n_layers = full
+
+
+@pytest.mark.parametrize("layer", [1, 3])
+def test_screening_is_upstream_cut_at_the_screen_layer(photo_features, upstream, layer):
+    """A pair whose confidence sum after ``layer`` layers is below the bar gets exactly the score of
+    upstream's forward cut there; every other pair gets upstream's full adaptive result."""
+    f = photo_features
+    query = subset(f["DSC_0410"], 768, seed=1)
+    database = [subset(f["DSC_0411"], 1024), subset(f["sacre_coeur1"], 30), f["sacre_coeur2"],
+                subset(f["DSC_0411"], 300, seed=3), subset(f["sacre_coeur1"], 700, seed=4)]
+    cut = [float(upstream_truncated(upstream, query, db, layer)[1].sum()) for db in database]
+    full = [float(upstream_match(upstream, query, db, 0.95, 0.99, 0.1)[1].sum()) for db in database]
+    bar = 5.0
+    screened = [c < bar for c in cut]
+    assert any(screened) and not all(screened), cut  # both branches exercised
+    matcher = BatchedLightGlue(core.get_lightglue(torch.device("cpu")), torch.device("cpu"))
+    results = matcher.match(query, database, screen=(layer, bar))
+    for k, (result, c, u, s) in enumerate(zip(results, cut, full, screened)):
+        expected = c if s else u
+        assert result.score == pytest.approx(expected, rel=1e-4, abs=1e-5), f"pair {k}"
+        if s:
+            assert result.stop_layer <= layer, f"pair {k}"
+    config = core.LightGlueConfig(dict(CPU, screen_layer=layer, screen_score=bar))
+    np.testing.assert_allclose(core.match_scores(query, database, config), [r.score for r in results], rtol=1e-5)
+
+
 def test_batch_size_does_not_change_results(photo_features):
     f = photo_features
     query = subset(f["sacre_coeur1"], 512)

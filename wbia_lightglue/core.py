@@ -66,6 +66,10 @@ SPECS: Dict[str, _Spec] = {
     "depth_confidence": (0.95, _is_number, "number", _adaptive, "-1 (off) or 0 < x <= 1"),
     "width_confidence": (0.99, _is_number, "number", _adaptive, "-1 (off) or 0 < x <= 1"),
     "filter_threshold": (0.1, _is_number, "number", lambda v: 0 <= v < 1, "0 <= x < 1"),
+    # score screening (matcher.BatchedLightGlue.match): after screen_layer layers, a pair whose confidence
+    # sum is below screen_score stops there; 0 = off
+    "screen_layer": (0, _is_int, "integer", lambda v: 0 <= v <= 8, "0 (off) .. 8"),
+    "screen_score": (0.0, _is_number, "number", lambda v: v >= 0, ">= 0"),
     "image_size": (512, _is_int, "integer", lambda v: 64 <= v <= 4096, "64..4096"),
     "feature_cache_max_size": (10000, _is_int, "integer", lambda v: v >= 0, ">= 0 (0 disables the cache)"),
     # ~1 MiB per annotation at 2048 keypoints: 10,000 entries alone could take 10 GiB
@@ -86,7 +90,8 @@ SPECS: Dict[str, _Spec] = {
 DEFAULTS: Dict[str, Any] = {key: spec[0] for key, spec in SPECS.items()}
 
 FEATURE_KEYS = ("model_name", "max_num_keypoints", "detection_threshold", "image_size")
-MATCH_KEYS = ("depth_confidence", "width_confidence", "filter_threshold", "score", "score_match_threshold")
+MATCH_KEYS = ("depth_confidence", "width_confidence", "filter_threshold", "screen_layer", "screen_score", "score",
+              "score_match_threshold")
 
 
 class ConfigError(ValueError):
@@ -639,7 +644,15 @@ def match_pairs(
     return matcher.match(
         query_features, database_features,
         depth_confidence=config["depth_confidence"], width_confidence=config["width_confidence"],
-        filter_threshold=config["filter_threshold"], return_matches=return_matches, progress=progress)
+        filter_threshold=config["filter_threshold"], return_matches=return_matches, progress=progress,
+        screen=screen_setting(config))
+
+
+def screen_setting(config: LightGlueConfig) -> Optional[Tuple[int, float]]:
+    """The matcher's ``screen`` argument: (layer, min_score), or None when screening is off."""
+    if config["screen_layer"] == 0 or config["screen_score"] <= 0:
+        return None
+    return config["screen_layer"], float(config["screen_score"])
 
 
 def match_scores(

@@ -13,6 +13,11 @@ sets at once and reproduces the single-pair forward for every pair:
   assignment head of the layer they stopped at and dropped from the batch.
 
 The query's input projection, positional encoding and first self-attention are computed once.
+
+Optional score screening (``screen=(layer, min_score)``) adds one exit upstream does not have: after
+``layer`` layers, a pair whose confidence sum is below ``min_score`` is scored there, exactly as
+upstream's forward cut at that layer would score it. In one-vs-many identification most pairs are
+different animals, and they are the ones it stops early.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -243,8 +248,14 @@ class BatchedLightGlue:
         batch_size: Optional[int] = None,
         return_matches: bool = False,
         progress: bool = False,
+        screen: Optional[Tuple[int, float]] = None,
     ) -> List[MatchResult]:
-        """Match ``query`` against every entry of ``database``; results in input order."""
+        """Match ``query`` against every entry of ``database``; results in input order.
+
+        ``screen = (layer, min_score)`` adds a score-based exit: after ``layer`` layers, a pair whose
+        confidence sum at that layer is below ``min_score`` stops there with that score (as a pair that
+        upstream's confidence rule stops early is scored at its layer). Off (None) = upstream's forward.
+        """
         results: List[Optional[MatchResult]] = [None] * len(database)
         m = len(query["keypoints"])
         sizes = [len(f["keypoints"]) for f in database]
@@ -264,7 +275,7 @@ class BatchedLightGlue:
             chunk = todo[start:start + size]
             for j, result in zip(chunk, self._match_batch(
                     query_side, [database[j] for j in chunk], m, [sizes[j] for j in chunk],
-                    depth_confidence, width_confidence, filter_threshold, return_matches)):
+                    depth_confidence, width_confidence, filter_threshold, return_matches, screen)):
                 results[j] = result
             bar.update(len(chunk))
             start += len(chunk)
@@ -298,7 +309,8 @@ class BatchedLightGlue:
         return 1 << 30
 
     # ------------------------------------------------------------------ the forward
-    def _match_batch(self, query_side, feats, m, sizes, depth_conf, width_conf, threshold, return_matches):
+    def _match_batch(self, query_side, feats, m, sizes, depth_conf, width_conf, threshold, return_matches,
+                     screen=None):
         b = len(feats)
         n = torch.tensor(sizes, device=self.device)
         side1 = self._database_side(feats, max(sizes))
@@ -330,6 +342,15 @@ class BatchedLightGlue:
                     keep = ~stop
                     side0, side1, pair, n = self._drop(side0, side1, pair, n, stop)
                     token0, token1 = token0[keep], token1[keep]
+                    if len(pair) == 0:
+                        return results
+            if screen is not None:
+                low = self._screen(i, side0, side1, pair, threshold, screen, return_matches, results)
+                if low is not None and low.any():
+                    keep = ~low
+                    side0, side1, pair, n = self._drop(side0, side1, pair, n, low)
+                    if token0 is not None:
+                        token0, token1 = token0[keep], token1[keep]
                     if len(pair) == 0:
                         return results
             if width_conf > 0:
@@ -373,10 +394,27 @@ class BatchedLightGlue:
         longest = int(side.alive.sum(1).max())
         return side.compact() if longest < side.alive.shape[1] else side
 
-    def _finish(self, i, side0, side1, pair, threshold, return_matches, results):
+    def _screen(self, i, side0, side1, pair, threshold, screen, return_matches, results) -> Optional[torch.Tensor]:
+        """After layer ``screen[0]``: finish the pairs whose confidence sum is below ``screen[1]``; their rows."""
+        layer, min_score = screen
+        if i + 1 != layer:
+            return None
+        assigned = self._assignment(i, side0, side1, threshold)
+        _, mscores0, valid0 = assigned
+        low = torch.where(valid0, mscores0, mscores0.new_tensor(0)).sum(1) < min_score
+        if low.any():
+            self._finish(i, side0.select(low), side1.select(low), pair[low], threshold, return_matches, results,
+                         assigned=tuple(t[low] for t in assigned))
+        return low
+
+    def _assignment(self, i, side0, side1, threshold):
+        """(m0, mscores0, valid0) of the active pairs with the assignment head of layer ``i``."""
         scores = log_assignment(self.model.log_assignment[i], side0.desc.float(), side1.desc.float(),
                                 side0.alive, side1.alive)
-        m0, mscores0, valid0 = filter_matches(scores, side0.alive, threshold)
+        return filter_matches(scores, side0.alive, threshold)
+
+    def _finish(self, i, side0, side1, pair, threshold, return_matches, results, assigned=None):
+        m0, mscores0, valid0 = assigned if assigned is not None else self._assignment(i, side0, side1, threshold)
         totals = torch.where(valid0, mscores0, mscores0.new_tensor(0)).sum(1).tolist()
         counts = valid0.sum(1).tolist()
         for row, target in enumerate(pair.tolist()):
