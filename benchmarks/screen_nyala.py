@@ -1,0 +1,176 @@
+"""Score screening (``screen_layer`` / ``screen_score``) on the nyala protocol: accuracy and work saved.
+
+LightGlue scores a pair at the layer it stops; upstream stops when 95% of the points are confident, which
+for a pair of different animals usually takes 4-7 of the 9 layers. Screening adds a second exit: after
+``screen_layer`` layers, a pair whose confidence sum is already below ``screen_score`` stops there.
+
+One adaptive pass per keypoint count over the fixed subset of ``quality_nyala.py`` (same-flank pairs)
+records, for every pair, the final (upstream-identical) score, the layer it stopped at, and its
+confidence sum after every layer it ran (cached in ``<output>/trace_<keypoints>.npz``). Every
+(layer, threshold) setting is then replayed from the trace: its scores, Rank-1 / Rank-5 / mAP with the
+``max`` name score beside the unscreened baseline, and the transformer layers it runs (pair-layers, the
+unit of cost) as a fraction of the baseline's.
+
+    python benchmarks/screen_nyala.py                       # 512 and 1024 keypoints (~30 min on 2 cores)
+    python benchmarks/screen_nyala.py --individuals 6 --keypoints 256      # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from wbia_lightglue import core
+from wbia_lightglue.evaluation import evaluate_scores
+from wbia_lightglue.matcher import BatchedLightGlue
+from wbia_lightglue.store import FeatureStore, annotation_features
+
+import quality_nyala
+
+logger = logging.getLogger("wbia_lightglue")
+
+DEFAULT_OUTPUT = quality_nyala.ROOT / "benchmarks" / "results" / "screen_nyala"
+LAYERS = (1, 2, 3)
+THRESHOLDS = (0.5, 1, 2, 3, 4, 6, 8, 10, 12, 15)
+
+
+class TracingLightGlue(BatchedLightGlue):
+    """The product matcher, recording every active pair's confidence sum after every layer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trace: Dict[int, Dict[int, float]] = {}  # id(database feature dict) -> {layer: score}
+
+    def _match_batch(self, query_side, feats, *args, **kwargs):
+        self._batch = feats
+        return super()._match_batch(query_side, feats, *args, **kwargs)
+
+    def _screen(self, i, side0, side1, pair, threshold, screen, return_matches, results):
+        _, mscores0, valid0 = self._assignment(i, side0, side1, threshold)
+        totals = (mscores0 * valid0).sum(1).tolist()
+        for row, total in zip(pair.tolist(), totals):
+            self.trace.setdefault(id(self._batch[row]), {})[i + 1] = total
+        return super()._screen(i, side0, side1, pair, threshold, screen, return_matches, results)
+
+
+def trace_subset(feats: Sequence[dict], groups: Sequence[str], config: core.LightGlueConfig, cache: Path,
+                 meta: dict) -> Dict[str, np.ndarray]:
+    """pairs (P x 2), final score, stop layer and per-layer scores (P x n_layers, NaN = not run)."""
+    if cache.is_file():
+        with np.load(cache) as data:
+            if json.loads(str(data["meta"])) == meta:
+                return {k: data[k] for k in ("pairs", "final", "stop", "layers", "seconds")}
+    from tqdm.auto import tqdm
+
+    matcher = TracingLightGlue(core.get_lightglue(core.resolve_device(config)), core.resolve_device(config))
+    n_layers = matcher.n_layers
+    pairs, final, stop, layers = [], [], [], []
+    seconds = 0.0
+    for i in tqdm(range(len(feats)), desc=f"trace {config['max_num_keypoints']} kp", unit="query"):
+        partners = [j for j in range(i + 1, len(feats)) if groups[j] == groups[i]]
+        if not partners:
+            continue
+        matcher.trace = {}
+        start = time.perf_counter()
+        results = matcher.match(feats[i], [feats[j] for j in partners], config["depth_confidence"],
+                                config["width_confidence"], config["filter_threshold"], screen=(0, 0.0))
+        seconds += time.perf_counter() - start
+        for j, result in zip(partners, results):
+            per_layer = np.full(n_layers, np.nan)
+            for layer, value in matcher.trace.get(id(feats[j]), {}).items():
+                per_layer[layer - 1] = value
+            per_layer[result.stop_layer - 1] = result.score
+            pairs.append((i, j))
+            final.append(result.score)
+            stop.append(result.stop_layer)
+            layers.append(per_layer)
+    out = {"pairs": np.array(pairs), "final": np.array(final), "stop": np.array(stop),
+           "layers": np.array(layers), "seconds": np.float64(seconds)}
+    np.savez_compressed(cache, meta=np.array(json.dumps(meta)), **out)
+    return out
+
+
+def replay(trace: Dict[str, np.ndarray], layer: int, threshold: float):
+    """Scores and pair-layers run with screening at ``layer`` / ``threshold``."""
+    at = trace["layers"][:, layer - 1]
+    screened = (trace["stop"] > layer) & (at < threshold)
+    scores = np.where(screened, at, trace["final"])
+    work = np.where(screened, layer, trace["stop"]).sum()
+    return scores, int(work), int(screened.sum())
+
+
+def score_matrix(n: int, pairs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    matrix = np.full((n, n), np.nan)
+    matrix[pairs[:, 0], pairs[:, 1]] = values
+    matrix[pairs[:, 1], pairs[:, 0]] = values
+    return matrix
+
+
+def run_keypoints(annots, keypoints: int, output: Path, layers: Sequence[int], thresholds: Sequence[float],
+                  cache_dir) -> List[dict]:
+    config = core.LightGlueConfig({"max_num_keypoints": keypoints})
+    kept, feats, keys, _ = annotation_features(annots, FeatureStore(cache_dir), config, progress=False)
+    if len(kept) != len(annots):
+        raise RuntimeError("some photos could not be read")
+    labels = [a.individual for a in annots]
+    groups = [a.attributes["side"] for a in annots]
+    meta = {"photos": keys, "groups": groups, "match_fingerprint": config.match_fingerprint}
+    trace = trace_subset(feats, groups, config, output / f"trace_{keypoints}.npz", meta)
+    n = len(annots)
+    same = np.array([labels[i] == labels[j] for i, j in trace["pairs"]])
+
+    def evaluate(values):
+        rep = evaluate_scores(score_matrix(n, trace["pairs"], values), labels, groups=groups, ranks=(1, 5))
+        return rep.cmc[1], rep.cmc[5], rep.mean_average_precision
+
+    base = evaluate(trace["final"])
+    base_work = int(trace["stop"].sum())
+    rows = [dict(keypoints=keypoints, layer=0, threshold=0.0, rank1=base[0], rank5=base[1], mAP=base[2],
+                 work=1.0, screened=0, true_screened=0)]
+    for layer in layers:
+        for threshold in thresholds:
+            scores, work, screened = replay(trace, layer, threshold)
+            r1, r5, ap = evaluate(scores)
+            true_screened = int((same & (scores != trace["final"])).sum())
+            rows.append(dict(keypoints=keypoints, layer=layer, threshold=threshold, rank1=r1, rank5=r5, mAP=ap,
+                             work=work / base_work, screened=screened, true_screened=true_screened))
+    logger.info("%d kp: %d pairs (%d same individual), mean stop layer %.2f, trace pass %.0f s", keypoints,
+                len(trace["pairs"]), int(same.sum()), trace["stop"].mean(), float(trace["seconds"]))
+    return rows
+
+
+def main(argv=None) -> List[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--keypoints", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--individuals", type=int, default=quality_nyala.DEFAULT_INDIVIDUALS)
+    parser.add_argument("--max-per-flank", type=int, default=quality_nyala.DEFAULT_MAX_PER_FLANK)
+    parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--cache-dir", type=Path)
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    annots = quality_nyala.select_subset(quality_nyala.NYALA, args.individuals, args.max_per_flank)
+    rows = []
+    for k in args.keypoints:
+        rows += run_keypoints(annots, k, args.output, args.layers, args.thresholds, args.cache_dir)
+    print(f"nyala subset of quality_nyala.py: {len(annots)} photos, "
+          f"{len({a.individual for a in annots})} individuals; name score max")
+    print(f"{'kp':>5} {'layer':>5} {'min score':>9} {'R-1':>6} {'R-5':>6} {'mAP':>6} {'work':>6} "
+          f"{'screened':>8} {'true':>5}")
+    for r in rows:
+        print(f"{r['keypoints']:>5} {r['layer'] or '-':>5} {r['threshold']:>9g} {100 * r['rank1']:>6.1f} "
+              f"{100 * r['rank5']:>6.1f} {r['mAP']:>6.3f} {r['work']:>6.2f} {r['screened']:>8} "
+              f"{r['true_screened']:>5}")
+    (args.output / "screen_nyala.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()
