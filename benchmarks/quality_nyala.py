@@ -71,8 +71,12 @@ LNBNN_T = 3
 
 # ============================================================================ subset
 def select_subset(labels_csv: Path = NYALA, individuals: int = DEFAULT_INDIVIDUALS,
-                  max_per_flank: int = DEFAULT_MAX_PER_FLANK) -> List[Annotation]:
-    """The fixed subset described in the module docstring (attributes: side, sighting)."""
+                  max_per_flank: int = DEFAULT_MAX_PER_FLANK, skip: int = 0) -> List[Annotation]:
+    """The fixed subset described in the module docstring (attributes: side, sighting).
+
+    ``skip`` passes over the first eligible individuals: ``skip=40`` gives the next, disjoint 40
+    (a held-out set for settings chosen on the default subset).
+    """
     by_flank: Dict[Tuple[str, str], List[dict]] = defaultdict(list)
     with open(labels_csv, newline="") as handle:
         for row in csv.DictReader(handle):
@@ -84,6 +88,9 @@ def select_subset(labels_csv: Path = NYALA, individuals: int = DEFAULT_INDIVIDUA
         flanks = ["left", "right"] if kept % 2 == 0 else ["right", "left"]  # alternate: balanced groups
         eligible = [by_flank[(name, side)] for side in flanks if len(by_flank.get((name, side), [])) >= 2]
         if not eligible:
+            continue
+        if skip > 0:
+            skip -= 1
             continue
         rows = eligible[0]
         rows = sorted(rows, key=lambda r: natural_key(r["sighting"]))[:max_per_flank]
@@ -261,9 +268,12 @@ VARIANTS = ("confidence_sum", "match_count", "inlier_count", "inlier_confidence_
 
 # ============================================================================ the benchmark
 def run_keypoints(annots: List[Annotation], keypoints: int, output: Path, image_size: int,
-                  cache_dir: Optional[Path], device: Optional[str], progress: bool) -> Dict[str, dict]:
+                  cache_dir: Optional[Path], device: Optional[str], progress: bool,
+                  screen: Sequence[float] = (core.DEFAULTS["screen_layer"], core.DEFAULTS["screen_score"]),
+                  ) -> Dict[str, dict]:
     """Match (or load) one keypoint count, evaluate every variant x name score, save per-query reports."""
     config = core.LightGlueConfig({"max_num_keypoints": keypoints, "image_size": image_size,
+                                   "screen_layer": int(screen[0]), "screen_score": float(screen[1]),
                                    **({"device": device} if device else {})})
     logger.info("config %s", config.to_dict())
     kept, feats, keys, report = annotation_features(annots, FeatureStore(cache_dir), config, progress=progress)
@@ -339,7 +349,8 @@ def markdown_table(summary: Dict[int, Dict[str, dict]], extra_rows: Sequence[Tup
 def main(output: Path = DEFAULT_OUTPUT, keypoints: Sequence[int] = DEFAULT_KEYPOINTS,
          individuals: int = DEFAULT_INDIVIDUALS, max_per_flank: int = DEFAULT_MAX_PER_FLANK,
          image_size: int = core.DEFAULTS["image_size"], labels_csv: Path = NYALA,
-         cache_dir: Optional[Path] = None, device: Optional[str] = None, progress: bool = True) -> dict:
+         cache_dir: Optional[Path] = None, device: Optional[str] = None, progress: bool = True,
+         screen: Sequence[float] = (core.DEFAULTS["screen_layer"], core.DEFAULTS["screen_score"])) -> dict:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     annots = select_subset(labels_csv, individuals, max_per_flank)
@@ -347,7 +358,7 @@ def main(output: Path = DEFAULT_OUTPUT, keypoints: Sequence[int] = DEFAULT_KEYPO
         f"{a.path.relative_to(labels_csv.parent)},{a.individual},{a.attributes['side']},{a.attributes['sighting']}\n"
         for a in annots))
     logger.info("subset: %d photos of %d individuals", len(annots), len({a.individual for a in annots}))
-    summary = {k: run_keypoints(annots, k, output, image_size, cache_dir, device, progress) for k in keypoints}
+    summary = {k: run_keypoints(annots, k, output, image_size, cache_dir, device, progress, screen) for k in keypoints}
     (output / "summary.json").write_text(json.dumps({str(k): v for k, v in summary.items()}, indent=1))
     table = markdown_table(summary)
     (output / "quality_nyala.md").write_text(table)
@@ -365,6 +376,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--labels", type=Path, default=NYALA, help="the nyala labels.csv")
     parser.add_argument("--cache-dir", type=Path, help="feature store (default: ~/.cache/wbia_lightglue/features)")
     parser.add_argument("--device")
+    parser.add_argument("--screen", type=float, nargs=2, metavar=("LAYER", "MIN_SCORE"),
+                        default=[core.DEFAULTS["screen_layer"], core.DEFAULTS["screen_score"]],
+                        help="score screening (default: the config defaults; 0 0 = upstream's exact forward)")
     parser.add_argument("-q", "--quiet", action="store_true")
     return parser.parse_args(argv)
 
@@ -373,4 +387,4 @@ if __name__ == "__main__":
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     main(args.output, args.keypoints, args.individuals, args.max_per_flank, args.image_size, args.labels,
-         args.cache_dir, args.device, not args.quiet)
+         args.cache_dir, args.device, not args.quiet, args.screen)

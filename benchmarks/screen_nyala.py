@@ -150,16 +150,19 @@ def main(argv=None) -> List[dict]:
     parser.add_argument("--keypoints", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--individuals", type=int, default=quality_nyala.DEFAULT_INDIVIDUALS)
     parser.add_argument("--max-per-flank", type=int, default=quality_nyala.DEFAULT_MAX_PER_FLANK)
+    parser.add_argument("--skip-individuals", type=int, default=0,
+                        help="start after this many eligible individuals (40: the held-out set; use its own --output)")
     parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--cache-dir", type=Path)
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    annots = quality_nyala.select_subset(quality_nyala.NYALA, args.individuals, args.max_per_flank)
+    annots = quality_nyala.select_subset(quality_nyala.NYALA, args.individuals, args.max_per_flank,
+                                         args.skip_individuals)
     rows = []
     for k in args.keypoints:
         rows += run_keypoints(annots, k, args.output, args.layers, args.thresholds, args.cache_dir)
-    print(f"nyala subset of quality_nyala.py: {len(annots)} photos, "
+    print(f"nyala subset of quality_nyala.py (skipping {args.skip_individuals} individuals): {len(annots)} photos, "
           f"{len({a.individual for a in annots})} individuals; name score max")
     print(f"{'kp':>5} {'layer':>5} {'min score':>9} {'R-1':>6} {'R-5':>6} {'mAP':>6} {'work':>6} "
           f"{'screened':>8} {'true':>5}")
