@@ -153,7 +153,7 @@ def parity(scores: List[float], reference: List[float]) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3)))
 
 
-def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen=None) -> List[Dict]:
+def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen=None, repeat: int = 1) -> List[Dict]:
     """Rows for one keypoint count; ``screen`` = (layer, min score) overrides the default screening."""
     config = core.LightGlueConfig(dict(max_num_keypoints=keypoints, device=device.type, compile=False,
                                        cpu_precision="fp32", mixed_precision=False))
@@ -169,7 +169,7 @@ def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen
     def loop():
         reference[:] = upstream_loop(query, database, config, device)
 
-    t_loop = measure(loop, device)
+    t_loop = measure(loop, device, repeat)
     rows.append(dict(path="upstream loop", seconds=t_loop, parity=0.0, screened=0))
     exact = config.replace(screen_layer=0)
     variants = {"batched fp32": exact}
@@ -191,7 +191,7 @@ def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen
         def ours():
             out[:] = core.match_scores(query, database, cfg, device=str(device))
 
-        seconds = measure(ours, device)
+        seconds = measure(ours, device, repeat)
         expected = references["screened"] if name.endswith("screened") else reference
         screened = sum(a != b for a, b in zip(expected, reference)) if name.endswith("screened") else 0
         rows.append(dict(path=name, seconds=seconds, parity=parity(out, expected), screened=screened))
@@ -210,6 +210,7 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument("--full", action="store_true", help="also without early stopping and pruning")
     parser.add_argument("--screen", type=float, nargs=2, metavar=("LAYER", "MIN_SCORE"),
                         help="screening setting to time (default: the config defaults' screen_layer/screen_score)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per path (the mean is reported)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -224,7 +225,7 @@ def main(argv=None) -> List[Dict]:
     rows = []
     for k, n in zip(args.keypoints, pairs):
         for adaptive in ([True, False] if args.full else [True]):
-            for row in run(k, n, device, adaptive, args.screen):
+            for row in run(k, n, device, adaptive, args.screen, args.repeat):
                 rows.append(row)
                 mode = "adaptive" if adaptive else "full"
                 print(f"{k:>9} {mode:>8} {n:>5}  {row['path']:<30} {row['pairs_per_s']:>8.2f} "
