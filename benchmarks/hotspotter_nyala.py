@@ -162,7 +162,7 @@ def one_vs_many_photos(labels_csv: Path, count: int) -> List[Annotation]:
 
 
 def one_vs_many(labels_csv: Path, count: int, keypoints: Sequence[int], workdir: Path,
-                cache_dir: Optional[Path], repeats: int = 3) -> dict:
+                cache_dir: Optional[Path], repeats: int = 3, screen: Sequence[float] = (0, 0)) -> dict:
     photos = one_vs_many_photos(labels_csv, count)
     database = photos[2:]  # photos[:2] are the queries
     out = {"database_photos": len(database)}
@@ -180,7 +180,8 @@ def one_vs_many(labels_csv: Path, count: int, keypoints: Sequence[int], workdir:
         warm.append(time.perf_counter() - start)
     out["hotspotter_warm_seconds"] = float(np.median(warm))
     for k in keypoints:
-        config = core.LightGlueConfig({"max_num_keypoints": k})
+        config = core.LightGlueConfig({"max_num_keypoints": k, "screen_layer": int(screen[0]),
+                                       "screen_score": float(screen[1])})
         _, feats, _, _ = annotation_features(photos, FeatureStore(cache_dir), config, progress=False)
         core.match_pairs(feats[0], feats[2:4], config)  # warm-up (weights, allocator)
         times = []
@@ -196,12 +197,14 @@ def one_vs_many(labels_csv: Path, count: int, keypoints: Sequence[int], workdir:
 def main(output: Path = DEFAULT_OUTPUT, individuals: int = quality_nyala.DEFAULT_INDIVIDUALS,
          max_per_flank: int = quality_nyala.DEFAULT_MAX_PER_FLANK, labels_csv: Path = quality_nyala.NYALA,
          one_vs: Optional[int] = None, keypoints: Sequence[int] = quality_nyala.DEFAULT_KEYPOINTS,
-         cache_dir: Optional[Path] = None, workdir: Optional[Path] = None) -> dict:
+         cache_dir: Optional[Path] = None, workdir: Optional[Path] = None,
+         screen: Sequence[float] = (0, 0)) -> dict:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hotspotter_nyala_", dir=workdir) as tmp:
         if one_vs:
-            result = one_vs_many(labels_csv, one_vs, keypoints, Path(tmp), cache_dir)
+            result = one_vs_many(labels_csv, one_vs, keypoints, Path(tmp), cache_dir, screen=screen)
+            result["screen"] = list(screen)
             (output / f"one_vs_{one_vs}.json").write_text(json.dumps(result, indent=1))
             print(json.dumps(result, indent=1))
             return result
@@ -224,6 +227,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keypoints", type=int, nargs="+", default=list(quality_nyala.DEFAULT_KEYPOINTS))
     parser.add_argument("--cache-dir", type=Path, help="LightGlue feature store (timing mode)")
     parser.add_argument("--workdir", type=Path, help="where the temporary WBIA database goes (default: /tmp)")
+    parser.add_argument("--screen", type=float, nargs=2, default=[0, 0], metavar=("LAYER", "MIN_SCORE"),
+                        help="timing mode: our score screening (default 0 0: off, upstream's exact forward)")
     return parser.parse_args(argv)
 
 
@@ -231,4 +236,4 @@ if __name__ == "__main__":
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     main(args.output, args.individuals, args.max_per_flank, args.labels, args.one_vs, args.keypoints,
-         args.cache_dir, args.workdir)
+         args.cache_dir, args.workdir, args.screen)
