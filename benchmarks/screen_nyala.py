@@ -27,7 +27,7 @@ import numpy as np
 
 from wbia_lightglue import core
 from wbia_lightglue.evaluation import evaluate_scores
-from wbia_lightglue.matcher import BatchedLightGlue
+from wbia_lightglue.matcher import BatchedLightGlue, confidence_sums
 from wbia_lightglue.store import FeatureStore, annotation_features
 
 import quality_nyala
@@ -52,7 +52,7 @@ class TracingLightGlue(BatchedLightGlue):
 
     def _screen(self, i, side0, side1, pair, threshold, screen, return_matches, results):
         _, mscores0, valid0 = self._assignment(i, side0, side1, threshold)
-        totals = (mscores0 * valid0).sum(1).tolist()
+        totals = confidence_sums(mscores0, valid0).tolist()
         for row, total in zip(pair.tolist(), totals):
             self.trace.setdefault(id(self._batch[row]), {})[i + 1] = total
         return super()._screen(i, side0, side1, pair, threshold, screen, return_matches, results)

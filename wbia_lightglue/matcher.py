@@ -174,6 +174,11 @@ def filter_matches(scores: torch.Tensor, alive0: torch.Tensor, threshold: float)
     return m0, mscores0, valid0
 
 
+def confidence_sums(mscores0: torch.Tensor, valid0: torch.Tensor) -> torch.Tensor:
+    """Per pair, the sum of the confidences of its valid matches (the default pair score)."""
+    return torch.where(valid0, mscores0, mscores0.new_tensor(0)).sum(1)
+
+
 class BatchedLightGlue:
     """Scores one query against many database feature sets with an upstream ``LightGlue`` model.
 
@@ -332,7 +337,7 @@ class BatchedLightGlue:
             if done.any():
                 for row in done.nonzero()[:, 0].tolist():
                     results[int(pair[row])] = self._empty(i + 1, m, sizes[int(pair[row])], return_matches)
-                side0, side1, pair, n = self._drop(side0, side1, pair, n, done)
+                side0, side1, pair, n, _, _ = self._drop(side0, side1, pair, n, done)
                 if len(pair) == 0:
                     return results
             d0, d1 = self._run_layer(i, side0.desc, side1.desc, side0.enc, side1.enc, side0.alive, side1.alive)
@@ -346,18 +351,13 @@ class BatchedLightGlue:
                 if stop.any():
                     self._finish(i, side0.select(stop), side1.select(stop), pair[stop], threshold,
                                  return_matches, results)
-                    keep = ~stop
-                    side0, side1, pair, n = self._drop(side0, side1, pair, n, stop)
-                    token0, token1 = token0[keep], token1[keep]
+                    side0, side1, pair, n, token0, token1 = self._drop(side0, side1, pair, n, stop, token0, token1)
                     if len(pair) == 0:
                         return results
             if screen is not None:
                 low = self._screen(i, side0, side1, pair, threshold, screen, return_matches, results)
                 if low is not None and low.any():
-                    keep = ~low
-                    side0, side1, pair, n = self._drop(side0, side1, pair, n, low)
-                    if token0 is not None:
-                        token0, token1 = token0[keep], token1[keep]
+                    side0, side1, pair, n, token0, token1 = self._drop(side0, side1, pair, n, low, token0, token1)
                     if len(pair) == 0:
                         return results
             if width_conf > 0:
@@ -368,9 +368,11 @@ class BatchedLightGlue:
         return results
 
     @staticmethod
-    def _drop(side0, side1, pair, n, rows):
+    def _drop(side0, side1, pair, n, rows, token0=None, token1=None):
+        """Remove the finished ``rows`` from every per-pair tensor of the batch (tokens may be None)."""
         keep = ~rows
-        return side0.select(keep), side1.select(keep), pair[keep], n[keep]
+        tokens = [None if t is None else t[keep] for t in (token0, token1)]
+        return (side0.select(keep), side1.select(keep), pair[keep], n[keep], *tokens)
 
     def _tokens(self, i, desc0, desc1):
         token = self.model.token_confidence[i].token
@@ -407,8 +409,7 @@ class BatchedLightGlue:
         if i + 1 != layer:
             return None
         assigned = self._assignment(i, side0, side1, threshold)
-        _, mscores0, valid0 = assigned
-        low = torch.where(valid0, mscores0, mscores0.new_tensor(0)).sum(1) < min_score
+        low = confidence_sums(*assigned[1:]) < min_score
         if low.any():
             self._finish(i, side0.select(low), side1.select(low), pair[low], threshold, return_matches, results,
                          assigned=tuple(t[low] for t in assigned))
@@ -422,7 +423,7 @@ class BatchedLightGlue:
 
     def _finish(self, i, side0, side1, pair, threshold, return_matches, results, assigned=None):
         m0, mscores0, valid0 = assigned if assigned is not None else self._assignment(i, side0, side1, threshold)
-        totals = torch.where(valid0, mscores0, mscores0.new_tensor(0)).sum(1).tolist()
+        totals = confidence_sums(mscores0, valid0).tolist()
         counts = valid0.sum(1).tolist()
         for row, target in enumerate(pair.tolist()):
             result = MatchResult(score=float(totals[row]), num_matches=int(counts[row]), stop_layer=i + 1)
