@@ -5,13 +5,15 @@ import logging
 import numpy as np
 import pytest
 
-from wbia_lightglue import calibration as cal
 from wbia_lightglue import core
+from wbia_lightglue.engine import config as engine_config
+from wbia_lightglue.evaluation import calibration as cal
+from wbia_lightglue.evaluation.plots import plot_reliability
 
 
 @pytest.fixture
 def config():
-    return core.LightGlueConfig({"max_num_keypoints": 256})
+    return core.Config({"max_num_keypoints": 256})
 
 
 def synthetic_pairs(n=400, seed=0):
@@ -76,8 +78,8 @@ def test_persistence_location(tmp_path, monkeypatch):
     written = cal.save_calibration(cal.fit(*synthetic_pairs(), config), config)
     assert written == tmp_path / "lightglue.calibration.json"
     assert cal.load_calibration(core.load_config(config_file)) is not None
-    monkeypatch.setattr(core, "DEFAULT_CONFIG_DIR", tmp_path / "v_config")
-    assert cal.calibration_path(core.LightGlueConfig({})) == tmp_path / "v_config" / "config.calibration.json"
+    monkeypatch.setattr(engine_config, "DEFAULT_CONFIG_DIR", tmp_path / "v_config")
+    assert cal.calibration_path(core.Config({})) == tmp_path / "v_config" / "config.calibration.json"
 
 
 def test_unusable_file_is_ignored_with_a_warning(config, tmp_path, caplog):
@@ -127,7 +129,7 @@ def test_brier_and_reliability_helpers(tmp_path):
     table = cal.reliability(p, y, bins=10)
     assert table["count"] == [2, 2, 2] and table["observed"] == [0.0, 0.5, 1.0]
     assert table["ece"][0] == pytest.approx(0.05 * 2 / 6)
-    cal.plot_reliability(p, y, tmp_path / "r.png")
+    plot_reliability(p, y, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 

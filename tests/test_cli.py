@@ -12,12 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from images import textured_chip, warp
-from wbia_lightglue import cli, extract, identify, synthetic
+
+from wbia_lightglue import cli
+from wbia_lightglue.cli import evaluate, extract, identify
 from wbia_lightglue.core import load_config
-from wbia_lightglue.dataset import DatasetError, limit_individuals, load_dataset, read_image
-from wbia_lightglue.store import FeatureStore, content_key
+from wbia_lightglue.data import synthetic
+from wbia_lightglue.data.dataset import DatasetError, limit_individuals, load_dataset
+from wbia_lightglue.data.images import read_image
+from wbia_lightglue.data.store import FeatureStore, content_key
 
 TINY = ["--keypoints", "128", "--image-size", "256", "--device", "cpu", "-q"]
 INDIVIDUALS = ("ind1", "ind2", "ind10")  # natural order: ind1, ind2, ind10
@@ -246,7 +249,8 @@ def test_identify_ranks_the_right_individual_and_reuses_features(data, capsys):
                              "--json", data / "r.json", "--csv", data / "r.csv", "--top", "2", *TINY)
     assert code == 0, err
     assert "features: 7 extracted, 0 loaded" in out
-    table = out.splitlines()[out.splitlines().index(next(l for l in out.splitlines() if l.strip().startswith("rank"))) + 1]
+    lines = out.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.strip().startswith("rank"))) + 1]
     assert table.split()[:2] == ["1", "ind2"]
     ranking = json.loads((data / "r.json").read_text())
     assert [c["individual"] for c in ranking["candidates"]][0] == "ind2" and len(ranking["candidates"]) == 2
@@ -286,9 +290,8 @@ def test_evaluate_group_by_restricts_comparisons(tmp_path):
     for name in INDIVIDUALS:
         rows += [f"db/{name}/a.png,{name},left", f"db/{name}/b.png,{name},right"]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    from wbia_lightglue import evaluate_dataset
 
-    report = evaluate_dataset.main(tmp_path / "labels.csv", tmp_path / "eval", tiny_config(), group_by="side",
+    report = evaluate.main(tmp_path / "labels.csv", tmp_path / "eval", tiny_config(), group_by="side",
                                    cache_dir=tmp_path / "store", progress=False)
     assert report.num_answerable == 0 and report.num_skipped == 6
 

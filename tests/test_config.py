@@ -5,11 +5,12 @@ import pytest
 
 from wbia_lightglue import core
 from wbia_lightglue.core import ConfigError, load_config
+from wbia_lightglue.engine import config as engine_config
 
 
 @pytest.fixture
 def no_default_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(core, "DEFAULT_CONFIG_PATH", tmp_path / "absent" / "config.json")
+    monkeypatch.setattr(engine_config, "DEFAULT_CONFIG_PATH", tmp_path / "absent" / "config.json")
 
 
 def write(path, values):
@@ -33,7 +34,7 @@ def test_defaults_when_default_file_is_missing(no_default_file):
 
 def test_default_file_is_read_when_present(tmp_path, monkeypatch):
     path = write(tmp_path / "config.json", {"max_num_keypoints": 1024})
-    monkeypatch.setattr(core, "DEFAULT_CONFIG_PATH", path)
+    monkeypatch.setattr(engine_config, "DEFAULT_CONFIG_PATH", path)
     config = load_config()
     assert config["max_num_keypoints"] == 1024
     assert config.source == str(path)

@@ -5,13 +5,12 @@ import threading
 import cv2
 import numpy as np
 import pytest
+from images import textured_chip
 
 from wbia_lightglue import core
 from wbia_lightglue.core import FeatureCache, FeatureMismatchError, InvalidChipError
 
-from images import textured_chip
-
-SMALL = core.LightGlueConfig(dict(max_num_keypoints=128, image_size=256, device="cpu"))
+SMALL = core.Config(dict(max_num_keypoints=128, image_size=256, device="cpu"))
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -64,7 +63,7 @@ BAD_CHIPS = {
 def test_bad_chip_raises_a_clear_error_naming_the_annotation(name):
     chip, needle = BAD_CHIPS[name]
     with pytest.raises(InvalidChipError) as err:
-        core.extract_features([chip], SMALL, keys=["aid 17"], errors="raise", progress=False)
+        core.extract_features([chip], SMALL, keys=["aid 17"], on_error="raise", progress=False)
     assert "annotation 'aid 17'" in str(err.value)
     assert needle in str(err.value)
 
@@ -161,7 +160,7 @@ def test_cache_and_registry_survive_eight_threads():
                 assert [int(f["keypoints"][0, 0]) for f in out] == keys
                 assert len(cache) <= 20
                 key = rng.randrange(4)
-                registry.get(key, lambda: build(key))
+                registry.get(key, lambda key=key: build(key))
                 if rng.random() < 0.05:
                     cache.invalidate(keys)
         except Exception as exc:  # noqa: BLE001 - collected and asserted below

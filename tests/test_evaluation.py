@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from wbia_lightglue.evaluation import evaluate_scores, plot_cmc, score_all_pairs
+from wbia_lightglue.evaluation.plots import plot_cmc
+from wbia_lightglue.evaluation.protocol import evaluate_scores, score_all_pairs
 
 
 def symmetric(values):

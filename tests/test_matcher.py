@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from images import textured_chip, warp
 
 from wbia_lightglue import core
-from wbia_lightglue.matcher import BatchedLightGlue
-
-from images import textured_chip, warp
+from wbia_lightglue.engine.match_types import MatchSettings
+from wbia_lightglue.engine.matcher import BatchedLightGlue
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def subset(feats, n, seed=0):
 
 @pytest.fixture(scope="module")
 def photo_features(photos):
-    config = core.LightGlueConfig(dict(CPU, max_num_keypoints=2048))
+    config = core.Config(dict(CPU, max_num_keypoints=2048))
     names = ["DSC_0410", "DSC_0411", "sacre_coeur1", "sacre_coeur2"]
     return dict(zip(names, core.extract_features([photos[n] for n in names], config, progress=False)))
 
@@ -64,7 +64,7 @@ def test_batched_equals_upstream_single_pair(photo_features, upstream, mode):
     database = [subset(f["DSC_0411"], 1024), subset(f["sacre_coeur1"], 30), f["sacre_coeur2"],
                 subset(f["DSC_0411"], 300, seed=3), subset(f["DSC_0410"], 700, seed=4)]
     matcher = BatchedLightGlue(core.get_lightglue(torch.device("cpu")), torch.device("cpu"))
-    results = matcher.match(query, database, depth, width, 0.1, return_matches=True)
+    results = matcher.match(query, database, MatchSettings(depth, width, 0.1, return_matches=True))
     for k, (result, db) in enumerate(zip(results, database)):
         ref_matches, ref_scores = upstream_match(upstream, query, db, depth, width, 0.1)
         assert result.num_matches == len(ref_matches), f"pair {k}"
@@ -101,13 +101,13 @@ def test_screening_is_upstream_cut_at_the_screen_layer(photo_features, upstream,
     screened = [c < bar for c in cut]
     assert any(screened) and not all(screened), cut  # both branches exercised
     matcher = BatchedLightGlue(core.get_lightglue(torch.device("cpu")), torch.device("cpu"))
-    results = matcher.match(query, database, screen=(layer, bar))
+    results = matcher.match(query, database, MatchSettings(screen=(layer, bar)))
     for k, (result, c, u, s) in enumerate(zip(results, cut, full, screened)):
         expected = c if s else u
         assert result.score == pytest.approx(expected, rel=1e-4, abs=1e-5), f"pair {k}"
         if s:
             assert result.stop_layer <= layer, f"pair {k}"
-    config = core.LightGlueConfig(dict(CPU, screen_layer=layer, screen_score=bar))
+    config = core.Config(dict(CPU, screen_layer=layer, screen_score=bar))
     np.testing.assert_allclose(core.match_scores(query, database, config), [r.score for r in results], rtol=1e-5)
 
 
@@ -125,7 +125,7 @@ def test_very_unequal_sizes_both_ways(photo_features, upstream):
     f = photo_features
     small, large = subset(f["DSC_0410"], 30), f["DSC_0411"]
     assert len(large["keypoints"]) == 2048
-    config = core.LightGlueConfig(dict(CPU, screen_layer=0))  # screening off: upstream's own forward
+    config = core.Config(dict(CPU, screen_layer=0))  # screening off: upstream's own forward
     for query, db in ((small, large), (large, small)):
         [score] = core.match_scores(query, [db], config)
         _, ref_scores = upstream_match(upstream, query, db, 0.95, 0.99, 0.1)
@@ -133,7 +133,7 @@ def test_very_unequal_sizes_both_ways(photo_features, upstream):
 
 
 def test_zero_keypoints_scores_zero(photo_features):
-    config = core.LightGlueConfig(CPU)
+    config = core.Config(CPU)
     empty = core.empty_features(config, (100, 100))
     full = photo_features["DSC_0410"]
     assert core.match_scores(full, [empty, full], config)[0] == 0.0
@@ -142,7 +142,7 @@ def test_zero_keypoints_scores_zero(photo_features):
 
 def test_same_scene_scores_far_above_cross_scene(photo_features):
     f = photo_features
-    config = core.LightGlueConfig(CPU)
+    config = core.Config(CPU)
     dsc = core.match_scores(f["DSC_0410"], [f["DSC_0411"], f["sacre_coeur1"], f["sacre_coeur2"]], config)
     sacre = core.match_scores(f["sacre_coeur1"], [f["sacre_coeur2"], f["DSC_0410"], f["DSC_0411"]], config)
     for same, *cross in (dsc, sacre):
@@ -152,7 +152,7 @@ def test_same_scene_scores_far_above_cross_scene(photo_features):
 
 def test_scores_in_input_order_and_match_counts(photo_features):
     f = photo_features
-    config = core.LightGlueConfig(CPU)
+    config = core.Config(CPU)
     database = [f["sacre_coeur1"], f["DSC_0411"], f["sacre_coeur2"]]
     forward = core.match_scores(f["DSC_0410"], database, config)
     backward = core.match_scores(f["DSC_0410"], database[::-1], config)
@@ -165,7 +165,7 @@ def test_scores_in_input_order_and_match_counts(photo_features):
 
 
 def test_project_made_views_rank_their_original_first():
-    config = core.LightGlueConfig(dict(CPU, max_num_keypoints=256, image_size=256))
+    config = core.Config(dict(CPU, max_num_keypoints=256, image_size=256))
     chips = [textured_chip(seed) for seed in range(4)]
     views = [warp(chip) for chip in chips]
     feats = core.extract_features(chips + views, config, progress=False)
@@ -176,7 +176,7 @@ def test_project_made_views_rank_their_original_first():
 
 def test_score_variants(photo_features):
     f = photo_features
-    base = core.LightGlueConfig(dict(CPU, max_num_keypoints=2048))
+    base = core.Config(dict(CPU, max_num_keypoints=2048))
     database = [f["DSC_0411"], f["sacre_coeur1"]]
     confidence = core.match_scores(f["DSC_0410"], database, base)
     counts = core.match_scores(f["DSC_0410"], database, base.replace(score="match_count"))
@@ -189,7 +189,7 @@ def test_score_variants(photo_features):
 
 
 def small_features():
-    config = core.LightGlueConfig(dict(CPU, max_num_keypoints=128, image_size=256))
+    config = core.Config(dict(CPU, max_num_keypoints=128, image_size=256))
     chip = textured_chip(0)
     return core.extract_features([chip, warp(chip), textured_chip(1)], config, progress=False)
 
@@ -225,7 +225,7 @@ def test_cuda_paths_agree_with_cpu(photo_features, photos):
     """On a CUDA machine: fp32 equals the CPU result; mixed precision + compile stays close."""
     f = photo_features
     database = [f["DSC_0411"], f["sacre_coeur1"], subset(f["sacre_coeur2"], 300)]
-    cpu = core.LightGlueConfig(CPU)
+    cpu = core.Config(CPU)
     reference = core.match_scores(f["DSC_0410"], database, cpu)
     fp32 = core.match_scores(f["DSC_0410"], database, cpu.replace(device="cuda", mixed_precision=False,
                                                                     compile=False))

@@ -21,10 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from wbia_lightglue import _wbia_compat, core
-
 from images import textured_chip, warp
+
+from wbia_lightglue import core
+from wbia_lightglue.engine import config as engine_config
+from wbia_lightglue.wbia_plugin import compat as _wbia_compat
 
 pytestmark = pytest.mark.wbia
 
@@ -33,6 +34,7 @@ with _wbia_compat.hidden_argv():  # utool parses sys.argv at import and misreads
     wbia = pytest.importorskip("wbia")
 
 from wbia_lightglue import _plugin  # noqa: E402  (registered by `import wbia_lightglue`'s hook)
+from wbia_lightglue.wbia_plugin import plugin as plugin_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -51,8 +53,8 @@ def config_dir(tmp_path_factory):
     outside.write_text(json.dumps(SMALL))
     (root / "escape.json").symlink_to(outside)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(core, "DEFAULT_CONFIG_DIR", root)
-        mp.setattr(core, "DEFAULT_CONFIG_PATH", root / "config.json")
+        mp.setattr(engine_config, "DEFAULT_CONFIG_DIR", root)
+        mp.setattr(engine_config, "DEFAULT_CONFIG_PATH", root / "config.json")
         yield root
 
 
@@ -254,7 +256,7 @@ def test_request_computes_each_needed_pair_once_batched_by_query(db, monkeypatch
         return original(query, database, *args, **kwargs)
 
     monkeypatch.setattr(core, "match_scores", spy)
-    cfg = {"config_path": str(core.DEFAULT_CONFIG_DIR / "other.json")}  # new config: nothing stored yet
+    cfg = {"config_path": str(engine_config.DEFAULT_CONFIG_DIR / "other.json")}  # new config: nothing stored yet
     cms = ibs.depc_annot.new_request("LightGlue", made[:3], made, cfg).execute()
     assert len(cms) == 3
     assert sorted(calls) == [5, 5, 5]  # one batched call per query, each pair once, no self pair
@@ -299,7 +301,7 @@ def test_evaluate_nyala(db):
     rank1 = ibs.lightglue_evaluate(nyala, ranks=(1,))
     # real animals: accuracy is the benchmark's job; here the ibs method must agree with the protocol
     # applied to its own pairwise scores (each unordered pair once, mirrored)
-    from wbia_lightglue.evaluation import evaluate_scores
+    from wbia_lightglue.evaluation.protocol import evaluate_scores
 
     n = len(nyala)
     scores = np.full((n, n), np.nan)
@@ -329,7 +331,7 @@ def test_bbox_change_invalidates_cached_and_stored_features(db, extraction_spy):
     assert [aid] in extraction_spy  # recomputed from the new chip, not read back from SQLite
     assert tuple(after["image_size"]) != tuple(before["image_size"])
     stored = ibs.depc_annot.get("LightGlueFeatures", [aid], "image_size",
-                                config=_plugin._features_depc_config(config))[0]
+                                config=plugin_module._features_depc_config(config))[0]
     np.testing.assert_array_equal(stored, after["image_size"])
 
 

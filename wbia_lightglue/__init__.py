@@ -44,9 +44,9 @@ class _RegisterAfterWbiaImport(importlib.abc.MetaPathFinder):
                 return None
             self._armed = False
         # Leaving the list alone here: the import system is iterating over sys.meta_path right now.
-        from . import _wbia_compat
+        from .wbia_plugin import compat
 
-        _wbia_compat.apply()
+        compat.apply()
         spec = _find_real_spec(fullname, path, target)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec

@@ -20,11 +20,12 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .core import name_scores
+from ..engine.config import Config
+from ..engine.scoring import match_scores, name_scores
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -85,9 +86,14 @@ def _json_default(value):
     return str(value)
 
 
-def comparable_pairs(groups: Optional[Sequence[Any]], n: int) -> List[tuple]:
-    """Unordered pairs (i < j) that share a group (all pairs without groups)."""
-    return [(i, j) for i in range(n) for j in range(i + 1, n) if groups is None or groups[i] == groups[j]]
+def same_group(groups: Optional[Sequence[Any]], i: int, j: int) -> bool:
+    """Whether items i and j may be compared (always, without groups)."""
+    return groups is None or groups[i] == groups[j]
+
+
+def later_partners(i: int, n: int, groups: Optional[Sequence[Any]] = None) -> List[int]:
+    """The items j > i that item i is compared with: each unordered comparable pair appears once."""
+    return [j for j in range(i + 1, n) if same_group(groups, i, j)]
 
 
 def score_all_pairs(
@@ -104,7 +110,7 @@ def score_all_pairs(
 
     scores = np.full((n, n), np.nan)
     for i in tqdm(range(n), desc="1-vs-all", unit="query", disable=not progress):
-        partners = [j for j in range(i + 1, n) if groups is None or groups[i] == groups[j]]
+        partners = later_partners(i, n, groups)
         if not partners:
             continue
         row = np.asarray(score_one_to_many(i, partners), dtype=float)
@@ -114,14 +120,12 @@ def score_all_pairs(
 
 
 def score_feature_pairs(
-    feats: Sequence[dict],
-    config,
+    feats: Sequence[Mapping[str, Any]],
+    config: Config,
     groups: Optional[Sequence[Any]] = None,
     progress: bool = True,
 ) -> np.ndarray:
     """``score_all_pairs`` over feature dicts: one batched ``core.match_scores`` call per query."""
-    from .core import match_scores
-
     def one_to_many(i: int, partners: List[int]) -> Sequence[float]:
         return match_scores(feats[i], [feats[j] for j in partners], config)
 
@@ -146,8 +150,7 @@ def evaluate_scores(
     identity = [("unlabelled", i) if is_unlabelled(lab) else ("label", lab) for i, lab in enumerate(labels)]
     results: List[QueryResult] = []
     for q in range(n):
-        others = [j for j in range(n) if j != q and not np.isnan(scores[q, j])
-                  and (groups is None or groups[j] == groups[q])]
+        others = [j for j in range(n) if j != q and not np.isnan(scores[q, j]) and same_group(groups, q, j)]
         results.append(_rank_query(q, others, scores[q], identity, labels, ids, name_score))
     answerable = [r for r in results if r.skipped is None]
     cmc = {k: float(np.mean([r.rank <= k for r in answerable])) if answerable else float("nan") for k in ranks}
@@ -183,34 +186,3 @@ def _average_precision(scores: Sequence[float], relevant: Sequence[bool]) -> flo
             hits += 1
             total += hits / position
     return total / max(1, sum(relevant))
-
-
-def plot_cmc(reports: Dict[str, EvaluationReport], path, max_rank: int = 20) -> None:
-    """Write a CMC curve (PNG) for one or more reports."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for name, report in reports.items():
-        curve = _cmc_curve(report, max_rank)
-        ax.plot(range(1, max_rank + 1), 100 * curve, marker="o", markersize=3,
-                label=f"{name} (Rank-1 {100 * curve[0]:.1f}%, mAP {report.mean_average_precision:.3f})")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("identification accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xlim(1, max_rank)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"CMC ({reports and next(iter(reports.values())).num_answerable} answerable queries)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _cmc_curve(report: EvaluationReport, max_rank: int) -> np.ndarray:
-    ranks = np.array([r.rank for r in report.queries if r.skipped is None])
-    if len(ranks) == 0:
-        return np.zeros(max_rank)
-    return np.array([(ranks <= k).mean() for k in range(1, max_rank + 1)])

@@ -1,4 +1,4 @@
-"""Identify one photo: rank a database's individuals by how well they match the query.
+"""``wbia-lightglue identify``: rank a database's individuals by how well they match a photo.
 
 Each database annotation is matched with LightGlue against the query (config ``score``), the
 annotation scores are aggregated per individual (config ``name_score``), and individuals are ranked by
@@ -8,17 +8,21 @@ of that best-matching annotation's raw score.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .calibration import load_calibration
-from .core import LightGlueConfig, match_scores, name_scores, resolve_config
-from .dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
-from .store import FeatureStore, annotation_features
+from ..data.dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
+from ..data.files import atomic_write_text
+from ..data.store import FeatureStore, annotation_features
+from ..engine.config import ConfigLike, resolve_config
+from ..engine.scoring import match_scores, name_scores
+from ..evaluation.calibration import Calibration, load_calibration
+from .common import check_top, config_from_args, features_line
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -61,28 +65,49 @@ class Identification:
                 "features": {"loaded": self.loaded, "extracted": self.extracted, "skipped": self.skipped}}
 
 
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser("identify", parents=[common], help="rank a database's individuals for a photo")
+    cmd.add_argument("query", type=Path, metavar="QUERY_IMAGE")
+    cmd.add_argument("database", type=Path, metavar="DATABASE", help="folder <individual>/<image> or CSV")
+    cmd.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K", help="rows to show/write")
+    cmd.add_argument("--json", type=Path, metavar="PATH", help="write the ranking as JSON")
+    cmd.add_argument("--csv", type=Path, metavar="PATH", help="write the ranking as CSV")
+    cmd.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    check_top(args)
+    result = main(args.query, args.database, config_from_args(args), top=args.top, cache_dir=args.cache_dir,
+                  json_path=args.json, csv_path=args.csv, progress=not args.quiet)
+    print(features_line(result.loaded, result.extracted, result.skipped))
+    print(result.table(args.top))
+
+
 def rank_individuals(
-    annot_scores: Sequence[float], annotations: Sequence[Annotation], method: str = "max", calibration=None,
+    annot_scores: Sequence[float], annotations: Sequence[Annotation], method: str = "max",
+    calibration: Optional[Calibration] = None,
 ) -> List[Candidate]:
     """Individuals ordered by aggregated score (ties by natural name order, so output is stable).
 
     With a ``calibration`` each row carries the probability of its best annotation's raw score.
     """
     per_name = name_scores(annot_scores, [a.individual for a in annotations], method)
-    best: Dict[str, tuple] = {}
+    best: Dict[str, Tuple[float, Annotation]] = {}
     for score, annot in zip(annot_scores, annotations):
         if annot.individual not in best or score > best[annot.individual][0]:
             best[annot.individual] = (score, annot)
     order = sorted(per_name, key=lambda name: (-per_name[name], natural_key(name)))
-    prob = (lambda s: None) if calibration is None else (lambda s: float(calibration.probability(s)))
-    return [Candidate(rank, name, best[name][1].name, per_name[name], str(best[name][1].path), prob(best[name][0]))
-            for rank, name in enumerate(order, start=1)]
+    def probability(score: float) -> Optional[float]:
+        return None if calibration is None else float(calibration.probability(score))
+
+    return [Candidate(rank, name, best[name][1].name, per_name[name], str(best[name][1].path),
+                      probability(best[name][0])) for rank, name in enumerate(order, start=1)]
 
 
 def main(
     query: Union[str, Path],
     database: Union[str, Path, Dataset],
-    config: Union[LightGlueConfig, Mapping, str, Path, None] = None,
+    config: ConfigLike = None,
     *,
     top: Optional[int] = DEFAULT_TOP,
     cache_dir: Union[str, Path, None] = None,
@@ -103,15 +128,16 @@ def main(
     if not query_annot.path.is_file():
         raise DatasetError(f"query image {query} does not exist")
     dataset = database if isinstance(database, Dataset) else load_dataset(database)
-    _, q_feats, q_keys, q_report = annotation_features([query_annot], store, config, progress=False, strict=True)
-    annots, feats, keys, report = annotation_features(dataset.annotations, store, config, progress=progress)
-    others = [i for i, key in enumerate(keys) if key != q_keys[0]]
-    if len(others) < len(annots):
+    query_stored = annotation_features([query_annot], store, config, progress=False, on_error="raise")
+    stored = annotation_features(dataset.annotations, store, config, progress=progress)
+    q_report, report = query_stored.report, stored.report
+    others = [i for i, key in enumerate(stored.keys) if key != query_stored.keys[0]]
+    if len(others) < len(stored.annotations):
         logger.info("the query photo is itself in the database; it is left out of the ranking")
     if not others:
         raise DatasetError(f"database {dataset.source} has no usable annotation besides the query")
-    annots, feats = [annots[i] for i in others], [feats[i] for i in others]
-    scores = match_scores(q_feats[0], feats, config, progress=progress)
+    annots, feats = [stored.annotations[i] for i in others], [stored.features[i] for i in others]
+    scores = match_scores(query_stored.features[0], feats, config, progress=progress)
     ranking = rank_individuals(scores, annots, config["name_score"], load_calibration(config))
     result = Identification(str(query), ranking,
                             loaded=q_report.loaded + report.loaded, extracted=q_report.extracted + report.extracted,
@@ -119,16 +145,10 @@ def main(
     logger.info("query features %s; database: %d loaded, %d extracted", "extracted" if q_report.extracted
                 else "loaded", report.loaded, report.extracted)
     if json_path is not None:
-        _write(json_path, json.dumps(result.to_dict(top), indent=2))
+        atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
     if csv_path is not None:
         _write_csv(csv_path, result.candidates[:top] if top else result.candidates)
     return result
-
-
-def _write(path: Union[str, Path], text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def _write_csv(path: Union[str, Path], candidates: Sequence[Candidate]) -> None:

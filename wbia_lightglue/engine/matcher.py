@@ -14,7 +14,7 @@ sets at once and reproduces the single-pair forward for every pair:
 
 The query's input projection, positional encoding and first self-attention are computed once.
 
-Optional score screening (``screen=(layer, min_score)``) adds one exit upstream does not have: after
+Optional score screening (``MatchSettings.screen = (layer, min_score)``) adds one exit upstream does not have: after
 ``layer`` layers, a pair whose confidence sum is below ``min_score`` is scored there, exactly as
 upstream's forward cut at that layer would score it. In one-vs-many identification most pairs are
 different animals, and they are the ones it stops early.
@@ -25,12 +25,14 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .match_types import Features, LayerHook, LayerScores, MatchResult, MatchSettings
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -38,22 +40,6 @@ logger = logging.getLogger("wbia_lightglue")
 PRUNING_MIN_POINTS = {"cpu": -1, "cuda": 1536}
 # Points per side in one CPU batch (pairs x longest side); see auto_batch_size.
 CPU_BATCH_POINTS = 4096
-
-
-@dataclass
-class MatchResult:
-    """LightGlue's answer for one (query, database) pair.
-
-    ``score`` is the sum of the confidences of the matches above ``filter_threshold`` (raw, unbounded);
-    ``matches`` is [K x 2] (query keypoint index, database keypoint index) and ``confidences`` [K],
-    present when asked for; ``stop_layer`` is the number of layers the pair ran.
-    """
-
-    score: float
-    num_matches: int
-    stop_layer: int
-    matches: Optional[np.ndarray] = None
-    confidences: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -96,12 +82,12 @@ def _rotary(enc: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (t * enc[0]) + (_rotate_half(t) * enc[1])
 
 
-def _attention(q, k, v, key_alive: Optional[torch.Tensor]) -> torch.Tensor:
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_alive: Optional[torch.Tensor]) -> torch.Tensor:
     mask = None if key_alive is None else key_alive[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def self_block(block, x: torch.Tensor, enc: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+def self_block(block: Any, x: torch.Tensor, enc: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
     """Upstream SelfBlock with a key-padding mask (B x L bool, True = real point)."""
     qkv = block.Wqkv(x).unflatten(-1, (block.num_heads, -1, 3)).transpose(1, 2)
     q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
@@ -111,7 +97,8 @@ def self_block(block, x: torch.Tensor, enc: torch.Tensor, alive: Optional[torch.
     return x + block.ffn(torch.cat([x, message], -1))
 
 
-def cross_block(block, x0, x1, alive0, alive1):
+def cross_block(block: Any, x0: torch.Tensor, x1: torch.Tensor, alive0: torch.Tensor,
+                alive1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Upstream CrossBlock (bidirectional attention, shared q/k projection) with key-padding masks.
 
     Upstream's CPU path computes one similarity matrix and two softmaxes; scaled_dot_product_attention in
@@ -127,7 +114,8 @@ def cross_block(block, x0, x1, alive0, alive1):
     return x0 + block.ffn(torch.cat([x0, m0], -1)), x1 + block.ffn(torch.cat([x1, m1], -1))
 
 
-def transformer_layer(layer, desc0, desc1, enc0, enc1, alive0, alive1):
+def transformer_layer(layer: Any, desc0: torch.Tensor, desc1: torch.Tensor, enc0: torch.Tensor, enc1: torch.Tensor,
+                      alive0: torch.Tensor, alive1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """One LightGlue layer on padded batches. ``desc0`` may hold a single row (the query before any
     cross-attention, identical for every pair): its self-attention then runs once and is broadcast."""
     if desc0.shape[0] == 1 and desc1.shape[0] > 1:
@@ -146,7 +134,8 @@ def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return (kpts - shift[..., None, :]) / scale[..., None, None]
 
 
-def log_assignment(head, desc0, desc1, alive0, alive1) -> torch.Tensor:
+def log_assignment(head: Any, desc0: torch.Tensor, desc1: torch.Tensor, alive0: torch.Tensor,
+                   alive1: torch.Tensor) -> torch.Tensor:
     """Upstream MatchAssignment restricted to the M x N block (no dustbins: matching never reads them).
 
     Entries involving a dead point are -inf, so they can never be a row's or column's maximum.
@@ -163,7 +152,10 @@ def log_assignment(head, desc0, desc1, alive0, alive1) -> torch.Tensor:
     return scores.masked_fill(~valid, -math.inf)  # also clears NaN of all-dead rows/columns
 
 
-def filter_matches(scores: torch.Tensor, alive0: torch.Tensor, threshold: float):
+Assignment = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (m0, mscores0, valid0), each B x M
+
+
+def filter_matches(scores: torch.Tensor, alive0: torch.Tensor, threshold: float) -> Assignment:
     """Mutual nearest neighbours above ``threshold`` (upstream's rule). Returns (m0, mscores0, valid0)."""
     max0, max1 = scores.max(2), scores.max(1)
     m0, m1 = max0.indices, max1.indices
@@ -191,43 +183,44 @@ class BatchedLightGlue:
         memory_budget: bytes a batch may use; None = half the free GPU memory on CUDA, 1 GiB on CPU.
     """
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype = torch.float32, compile: bool = False,
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype = torch.float32, compile: bool = False,
                  memory_budget: Optional[int] = None):
         self.model = model
         self.memory_budget = memory_budget
         self.device = torch.device(device)
         self.dtype = dtype
-        self.n_layers = model.conf.n_layers
-        self.thresholds = model.confidence_thresholds.float()
-        eager = [functools.partial(transformer_layer, layer) for layer in model.transformers]
-        self._eager_layers: List[Callable] = eager
-        self._layers: List[Callable] = eager
+        self.n_layers: int = model.conf.n_layers
+        self.thresholds: torch.Tensor = model.confidence_thresholds.float()
+        eager: List[Callable] = [functools.partial(transformer_layer, layer) for layer in model.transformers]
+        self._eager_layers = eager
+        self._layers = eager
         if compile:
             try:  # one compiled function per layer: each keeps its own graph cache (batch and lengths vary)
                 self._layers = [torch.compile(fn, dynamic=True) for fn in eager]
             except Exception as exc:  # noqa: BLE001 - any compile problem means eager
                 logger.warning("torch.compile unavailable (%s); LightGlue runs eagerly", exc)
 
-    def _run_layer(self, i, desc0, desc1, enc0, enc1, alive0, alive1):
+    def _run_layer(self, i: int, side0: _Side, side1: _Side) -> Tuple[torch.Tensor, torch.Tensor]:
+        args = (side0.desc, side1.desc, side0.enc, side1.enc, side0.alive, side1.alive)
         autocast = self.dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             try:
-                return self._layers[i](desc0, desc1, enc0, enc1, alive0, alive1)
+                return self._layers[i](*args)
             except Exception as exc:  # noqa: BLE001 - compilation errors surface at the first call
                 if self._layers is self._eager_layers:
                     raise
                 logger.warning("compiled LightGlue layer failed (%s); falling back to eager", exc)
                 self._layers = self._eager_layers
-                return self._layers[i](desc0, desc1, enc0, enc1, alive0, alive1)
+                return self._layers[i](*args)
 
     # ------------------------------------------------------------------ inputs
-    def _tensor(self, array, dtype=torch.float32) -> torch.Tensor:
+    def _tensor(self, array: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
 
     def _encode(self, kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         return self.model.posenc(normalize_keypoints(kpts, size))
 
-    def _database_side(self, feats: Sequence[dict], length: int) -> _Side:
+    def _database_side(self, feats: Sequence[Features], length: int) -> _Side:
         """Pad a batch of database feature sets to ``length`` points."""
         b, dim = len(feats), self.model.conf.input_dim
         kpts = torch.zeros(b, length, 2, device=self.device)
@@ -243,53 +236,7 @@ class BatchedLightGlue:
         index = torch.arange(length, device=self.device).expand(b, -1)
         return _Side(self.model.input_proj(desc), enc, alive, index)
 
-    # ------------------------------------------------------------------ main entry
-    @torch.no_grad()
-    def match(
-        self,
-        query: dict,
-        database: Sequence[dict],
-        depth_confidence: float = 0.95,
-        width_confidence: float = 0.99,
-        filter_threshold: float = 0.1,
-        batch_size: Optional[int] = None,
-        return_matches: bool = False,
-        progress: bool = False,
-        screen: Optional[Tuple[int, float]] = None,
-    ) -> List[MatchResult]:
-        """Match ``query`` against every entry of ``database``; results in input order.
-
-        ``screen = (layer, min_score)`` adds a score-based exit: after ``layer`` layers, a pair whose
-        confidence sum at that layer is below ``min_score`` stops there with that score (as a pair that
-        upstream's confidence rule stops early is scored at its layer). Off (None) = upstream's forward.
-        """
-        results: List[Optional[MatchResult]] = [None] * len(database)
-        m = len(query["keypoints"])
-        sizes = [len(f["keypoints"]) for f in database]
-        for j, n in enumerate(sizes):
-            if m == 0 or n == 0:  # upstream breaks before the first layer: nothing can match
-                results[j] = self._empty(1, m, n, return_matches)
-        todo = sorted((j for j in range(len(database)) if results[j] is None), key=lambda j: -sizes[j])
-        if not todo:
-            return results  # type: ignore[return-value]
-
-        query_side = self._query_side(query)
-        bar = tqdm(total=len(todo), desc="LightGlue", unit="pair", disable=not progress, leave=False)
-        start = 0
-        while start < len(todo):
-            n_max = sizes[todo[start]]
-            size = batch_size or self.auto_batch_size(m, n_max)
-            chunk = todo[start:start + size]
-            for j, result in zip(chunk, self._match_batch(
-                    query_side, [database[j] for j in chunk], m, [sizes[j] for j in chunk],
-                    depth_confidence, width_confidence, filter_threshold, return_matches, screen)):
-                results[j] = result
-            bar.update(len(chunk))
-            start += len(chunk)
-        bar.close()
-        return results  # type: ignore[return-value]
-
-    def _query_side(self, query: dict) -> _Side:
+    def _query_side(self, query: Features) -> _Side:
         m = len(query["keypoints"])
         kpts = self._tensor(query["keypoints"])[None]
         size = self._tensor(np.asarray(query["image_size"], dtype=np.float32))[None]
@@ -297,6 +244,44 @@ class BatchedLightGlue:
         alive = torch.ones(1, m, dtype=torch.bool, device=self.device)
         index = torch.arange(m, device=self.device)[None]
         return _Side(desc, self._encode(kpts, size), alive, index)
+
+    # ------------------------------------------------------------------ main entry
+    @torch.no_grad()
+    def match(
+        self,
+        query: Features,
+        database: Sequence[Features],
+        settings: MatchSettings = MatchSettings(),
+        *,
+        batch_size: Optional[int] = None,
+        progress: bool = False,
+        layer_hook: Optional[LayerHook] = None,
+    ) -> List[MatchResult]:
+        """Match ``query`` against every entry of ``database``; results in input order.
+
+        ``layer_hook``, when given, is called after every layer but the last with the confidence sums of
+        the pairs still running (it costs one assignment per layer: for tracing, not for production).
+        """
+        results: Dict[int, MatchResult] = {}
+        m = len(query["keypoints"])
+        sizes = [len(f["keypoints"]) for f in database]
+        for j, n in enumerate(sizes):
+            if m == 0 or n == 0:  # upstream breaks before the first layer: nothing can match
+                results[j] = self._empty(1, settings.return_matches)
+        todo = sorted((j for j in range(len(database)) if j not in results), key=lambda j: -sizes[j])
+        if todo:
+            query_side = self._query_side(query)
+            bar = tqdm(total=len(todo), desc="LightGlue", unit="pair", disable=not progress, leave=False)
+            start = 0
+            while start < len(todo):
+                chunk = todo[start:start + (batch_size or self.auto_batch_size(m, sizes[todo[start]]))]
+                hook = None if layer_hook is None else _reindexed(layer_hook, chunk)
+                for row, result in self._match_batch(query_side, [database[j] for j in chunk], m, settings, hook):
+                    results[chunk[row]] = result
+                bar.update(len(chunk))
+                start += len(chunk)
+            bar.close()
+        return [results[j] for j in range(len(database))]
 
     def auto_batch_size(self, m: int, n: int) -> int:
         """Pairs per batch from a memory budget (free GPU memory on CUDA, a fixed budget on CPU)."""
@@ -321,71 +306,76 @@ class BatchedLightGlue:
         return 1 << 30
 
     # ------------------------------------------------------------------ the forward
-    def _match_batch(self, query_side, feats, m, sizes, depth_conf, width_conf, threshold, return_matches,
-                     screen=None):
+    def _match_batch(self, query_side: _Side, feats: Sequence[Features], m: int, settings: MatchSettings,
+                     layer_hook: Optional[LayerHook] = None) -> List[Tuple[int, MatchResult]]:
+        """Results of one padded batch as (row in ``feats``, result) pairs, in the order pairs finish."""
         b = len(feats)
-        n = torch.tensor(sizes, device=self.device)
-        side1 = self._database_side(feats, max(sizes))
+        n = torch.tensor([len(f["keypoints"]) for f in feats], device=self.device)
+        side1 = self._database_side(feats, int(n.max()))
         # the query's descriptors stay one row until the first layer has run (see transformer_layer)
         side0 = _Side(query_side.desc, query_side.enc.expand(-1, b, -1, -1, -1),
                       query_side.alive.expand(b, -1), query_side.index.expand(b, -1))
-        pair = torch.arange(b, device=self.device)  # active row -> position in this batch
-        results: List[Optional[MatchResult]] = [None] * b
+        pair = torch.arange(b, device=self.device)  # active row -> row in ``feats``
+        finished: List[Tuple[int, MatchResult]] = []
         prune_min = PRUNING_MIN_POINTS.get(self.device.type, -1)
         for i in range(self.n_layers):
             done = (side0.alive.sum(1) == 0) | (side1.alive.sum(1) == 0)  # everything pruned on a side
             if done.any():
-                for row in done.nonzero()[:, 0].tolist():
-                    results[int(pair[row])] = self._empty(i + 1, m, sizes[int(pair[row])], return_matches)
+                finished += [(int(row), self._empty(i + 1, settings.return_matches)) for row in pair[done].tolist()]
                 side0, side1, pair, n, _, _ = self._drop(side0, side1, pair, n, done)
                 if len(pair) == 0:
-                    return results
-            d0, d1 = self._run_layer(i, side0.desc, side1.desc, side0.enc, side1.enc, side0.alive, side1.alive)
+                    return finished
+            d0, d1 = self._run_layer(i, side0, side1)
             side0.desc, side1.desc = d0.to(side0.desc.dtype), d1.to(side1.desc.dtype)
             if i == self.n_layers - 1:
                 break
             token0 = token1 = None
-            if depth_conf > 0:
+            if settings.depth_confidence > 0:
                 token0, token1 = self._tokens(i, side0.desc, side1.desc)
-                stop = self._stop(i, token0, token1, side0.alive, side1.alive, m + n, depth_conf)
+                stop = self._stop(i, token0, token1, side0.alive, side1.alive, m + n, settings.depth_confidence)
                 if stop.any():
-                    self._finish(i, side0.select(stop), side1.select(stop), pair[stop], threshold,
-                                 return_matches, results)
+                    finished += self._finish(i, side0.select(stop), side1.select(stop), pair[stop], settings)
                     side0, side1, pair, n, token0, token1 = self._drop(side0, side1, pair, n, stop, token0, token1)
                     if len(pair) == 0:
-                        return results
-            if screen is not None:
-                low = self._screen(i, side0, side1, pair, threshold, screen, return_matches, results)
-                if low is not None and low.any():
+                        return finished
+            if layer_hook is not None:
+                _, mscores0, valid0 = self._assignment(i, side0, side1, settings.filter_threshold)
+                layer_hook(LayerScores(i + 1, pair.tolist(), confidence_sums(mscores0, valid0).tolist()))
+            if settings.screen is not None and i + 1 == settings.screen[0]:
+                low, screened = self._screen(i, side0, side1, pair, settings)
+                finished += screened
+                if low.any():
                     side0, side1, pair, n, token0, token1 = self._drop(side0, side1, pair, n, low, token0, token1)
                     if len(pair) == 0:
-                        return results
-            if width_conf > 0:
-                side0.alive = self._prune(i, side0, token0, width_conf, prune_min)
-                side1.alive = self._prune(i, side1, token1, width_conf, prune_min)
+                        return finished
+            if settings.width_confidence > 0:
+                side0.alive = self._prune(i, side0, token0, settings.width_confidence, prune_min)
+                side1.alive = self._prune(i, side1, token1, settings.width_confidence, prune_min)
                 side0, side1 = self._maybe_compact(side0), self._maybe_compact(side1)
-        self._finish(self.n_layers - 1, side0, side1, pair, threshold, return_matches, results)
-        return results
+        return finished + self._finish(self.n_layers - 1, side0, side1, pair, settings)
 
     @staticmethod
-    def _drop(side0, side1, pair, n, rows, token0=None, token1=None):
+    def _drop(side0: _Side, side1: _Side, pair: torch.Tensor, n: torch.Tensor, rows: torch.Tensor,
+              token0: Optional[torch.Tensor] = None, token1: Optional[torch.Tensor] = None) -> tuple:
         """Remove the finished ``rows`` from every per-pair tensor of the batch (tokens may be None)."""
         keep = ~rows
         tokens = [None if t is None else t[keep] for t in (token0, token1)]
         return (side0.select(keep), side1.select(keep), pair[keep], n[keep], *tokens)
 
-    def _tokens(self, i, desc0, desc1):
+    def _tokens(self, i: int, desc0: torch.Tensor, desc1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         token = self.model.token_confidence[i].token
         return token(desc0.float()).squeeze(-1), token(desc1.float()).squeeze(-1)
 
-    def _stop(self, i, token0, token1, alive0, alive1, num_points, depth_conf) -> torch.Tensor:
+    def _stop(self, i: int, token0: torch.Tensor, token1: torch.Tensor, alive0: torch.Tensor, alive1: torch.Tensor,
+              num_points: torch.Tensor, depth_conf: float) -> torch.Tensor:
         """Upstream's rule per pair: pruned points count as confident; denominator = original m + n."""
         threshold = self.thresholds[i]
         low = ((token0 < threshold) & alive0).sum(1) + ((token1 < threshold) & alive1).sum(1)
         ratio_confident = 1.0 - low.float() / num_points.float()
         return ratio_confident > depth_conf
 
-    def _prune(self, i, side: _Side, token, width_conf, prune_min) -> torch.Tensor:
+    def _prune(self, i: int, side: _Side, token: Optional[torch.Tensor], width_conf: float,
+               prune_min: int) -> torch.Tensor:
         """Clear the alive bit of points upstream would prune, per pair, only where it would prune."""
         counts = side.alive.sum(1)
         applies = counts > prune_min
@@ -403,42 +393,53 @@ class BatchedLightGlue:
         longest = int(side.alive.sum(1).max())
         return side.compact() if longest < side.alive.shape[1] else side
 
-    def _screen(self, i, side0, side1, pair, threshold, screen, return_matches, results) -> Optional[torch.Tensor]:
-        """After layer ``screen[0]``: finish the pairs whose confidence sum is below ``screen[1]``; their rows."""
-        layer, min_score = screen
-        if i + 1 != layer:
-            return None
-        assigned = self._assignment(i, side0, side1, threshold)
-        low = confidence_sums(*assigned[1:]) < min_score
-        if low.any():
-            self._finish(i, side0.select(low), side1.select(low), pair[low], threshold, return_matches, results,
-                         assigned=tuple(t[low] for t in assigned))
-        return low
+    def _screen(self, i: int, side0: _Side, side1: _Side, pair: torch.Tensor,
+                settings: MatchSettings) -> Tuple[torch.Tensor, List[Tuple[int, MatchResult]]]:
+        """At the screen layer: the rows whose confidence sum is below the bar, and their results."""
+        assert settings.screen is not None
+        assigned = self._assignment(i, side0, side1, settings.filter_threshold)
+        low = confidence_sums(*assigned[1:]) < settings.screen[1]
+        if not low.any():
+            return low, []
+        return low, self._finish(i, side0.select(low), side1.select(low), pair[low], settings,
+                                 assigned=(assigned[0][low], assigned[1][low], assigned[2][low]))
 
-    def _assignment(self, i, side0, side1, threshold):
+    def _assignment(self, i: int, side0: _Side, side1: _Side, threshold: float) -> Assignment:
         """(m0, mscores0, valid0) of the active pairs with the assignment head of layer ``i``."""
         scores = log_assignment(self.model.log_assignment[i], side0.desc.float(), side1.desc.float(),
                                 side0.alive, side1.alive)
         return filter_matches(scores, side0.alive, threshold)
 
-    def _finish(self, i, side0, side1, pair, threshold, return_matches, results, assigned=None):
-        m0, mscores0, valid0 = assigned if assigned is not None else self._assignment(i, side0, side1, threshold)
+    def _finish(self, i: int, side0: _Side, side1: _Side, pair: torch.Tensor, settings: MatchSettings,
+                assigned: Optional[Assignment] = None) -> List[Tuple[int, MatchResult]]:
+        """Score the given rows with the assignment head of layer ``i``: (row in the batch, result) pairs."""
+        m0, mscores0, valid0 = assigned if assigned is not None else self._assignment(
+            i, side0, side1, settings.filter_threshold)
         totals = confidence_sums(mscores0, valid0).tolist()
         counts = valid0.sum(1).tolist()
+        out = []
         for row, target in enumerate(pair.tolist()):
             result = MatchResult(score=float(totals[row]), num_matches=int(counts[row]), stop_layer=i + 1)
-            if return_matches:
+            if settings.return_matches:
                 rows = valid0[row].nonzero()[:, 0]
                 q_index = side0.index[row, rows]
                 d_index = side1.index[row, m0[row, rows]]
                 result.matches = torch.stack([q_index, d_index], -1).cpu().numpy().astype(np.int64)
                 result.confidences = mscores0[row, rows].float().cpu().numpy()
-            results[target] = result
+            out.append((int(target), result))
+        return out
 
     @staticmethod
-    def _empty(stop_layer, m, n, return_matches) -> MatchResult:
+    def _empty(stop_layer: int, return_matches: bool) -> MatchResult:
         result = MatchResult(score=0.0, num_matches=0, stop_layer=stop_layer)
         if return_matches:
             result.matches = np.zeros((0, 2), dtype=np.int64)
             result.confidences = np.zeros((0,), dtype=np.float32)
         return result
+
+
+def _reindexed(hook: LayerHook, chunk: Sequence[int]) -> LayerHook:
+    """A hook for one batch that reports positions in the caller's database, not rows of the batch."""
+    def batch_hook(scores: LayerScores) -> None:
+        hook(LayerScores(scores.layer, [chunk[row] for row in scores.positions], scores.confidence_sums))
+    return batch_hook

@@ -1,7 +1,7 @@
-"""The built-in demo: the whole job end to end on synthetic animals that the package draws itself.
+"""``wbia-lightglue demo``: the whole job end to end on synthetic animals that the package draws itself.
 
-1. writes a folder dataset of 6 patterned individuals x 3 photos (``synthetic.py``; seeded, no downloads);
-2. scores every pair once and evaluates 1-vs-all identification (evaluation.py's protocol: Rank-1/5,
+1. writes a folder dataset of 6 patterned individuals x 3 photos (``data.synthetic``; seeded, no downloads);
+2. scores every pair once and evaluates 1-vs-all identification (the evaluation protocol: Rank-1/5,
    mAP, report.json, cmc.png);
 3. prints identify's ranking of a few query photos against the rest (from the same scores: no rematching);
 4. draws each query's correspondences with its top-ranked annotation.
@@ -10,14 +10,19 @@ Runs on CPU in well under two minutes with the demo's settings (512 keypoints, 3
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Mapping, Union
+from typing import Any, Callable, List, Union
 
-from . import evaluate_dataset, identify, match_pair, synthetic
-from .core import LightGlueConfig, resolve_config
-from .dataset import load_dataset
+from ..data import synthetic
+from ..data.dataset import load_dataset
+from ..engine.config import ConfigLike, resolve_config
+from ..evaluation.datasets import evaluate, save, score_dataset
+from . import identify
+from . import match as match_pair
+from .common import config_from_args
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -37,9 +42,21 @@ class DemoSummary:
     match_images: List[Path] = field(default_factory=list)
 
 
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser("demo", parents=[common], help="run end to end on built-in synthetic animals",
+                              description="The demo uses 512 keypoints and 384 px images unless --keypoints or "
+                                          "--image-size say otherwise (these win over --config too).")
+    cmd.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, metavar="DIR")
+    cmd.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    main(args.output, config_from_args(args, DEMO_CONFIG), cache_dir=args.cache_dir, progress=not args.quiet)
+
+
 def main(
     output: Union[str, Path] = DEFAULT_OUTPUT,
-    config: Union[LightGlueConfig, Mapping, str, Path, None] = None,
+    config: ConfigLike = None,
     *,
     cache_dir: Union[str, Path, None] = None,
     seed: int = 0,
@@ -58,9 +75,9 @@ def main(
     echo(f"demo: {len(dataset.individuals)} synthetic individuals x {PHOTOS_PER_INDIVIDUAL} photos in {root} "
          f"({config['max_num_keypoints']} keypoints, image size {config['image_size']})")
 
-    scored = evaluate_dataset.score_dataset(dataset, config, cache_dir=cache_dir, progress=progress)
-    report = evaluate_dataset.evaluate(scored, config, ranks=(1, 5), demo_seed=seed)
-    evaluate_dataset.save(report, output / "evaluation", label="synthetic demo")
+    scored = score_dataset(dataset, config, cache_dir=cache_dir, progress=progress)
+    report = evaluate(scored, config, ranks=(1, 5), demo_seed=seed)
+    save(report, output / "evaluation", label="synthetic demo")
     echo("\n1-vs-all identification over every photo:\n" + report.table())
 
     summary = DemoSummary(report.rank1, report.mean_average_precision, 0, 0)

@@ -1,15 +1,19 @@
-"""Match two photos: the configured score, the number of LightGlue matches, and a picture of them."""
+"""``wbia-lightglue match``: score two photos and draw their correspondences."""
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Optional, Union
 
-from .core import LightGlueConfig, match_pairs, pair_score, resolve_config
-from .dataset import Annotation, DatasetError, read_image
-from .store import FeatureStore, annotation_features
-from .viz import draw_matches
+from ..data.dataset import Annotation, DatasetError
+from ..data.images import read_image
+from ..data.store import FeatureStore, annotation_features
+from ..engine.config import ConfigLike, resolve_config
+from ..engine.scoring import match_pairs, pair_score
+from ..evaluation.drawing import draw_matches
+from .common import config_from_args
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -21,10 +25,25 @@ class PairMatch:
     output: Optional[Path] = None
 
 
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser("match", parents=[common], help="score one pair of photos")
+    cmd.add_argument("image_a", type=Path, metavar="IMAGE_A")
+    cmd.add_argument("image_b", type=Path, metavar="IMAGE_B")
+    cmd.add_argument("--output", type=Path, metavar="PNG", help="draw the correspondences here")
+    cmd.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    pair = main(args.image_a, args.image_b, config_from_args(args), output=args.output, cache_dir=args.cache_dir)
+    print(f"score {pair.score:.3f}  matches {pair.num_matches}")
+    if pair.output is not None:
+        print(f"wrote {pair.output}")
+
+
 def main(
     image_a: Union[str, Path],
     image_b: Union[str, Path],
-    config: Union[LightGlueConfig, Mapping, str, Path, None] = None,
+    config: ConfigLike = None,
     *,
     output: Union[str, Path, None] = None,
     cache_dir: Union[str, Path, None] = None,
@@ -35,7 +54,7 @@ def main(
     for annot in annots:
         if not annot.path.is_file():
             raise DatasetError(f"image {annot.path} does not exist")
-    _, feats, _, _ = annotation_features(annots, FeatureStore(cache_dir), config, progress=False, strict=True)
+    feats = annotation_features(annots, FeatureStore(cache_dir), config, progress=False, on_error="raise").features
     result = match_pairs(feats[0], feats[1:], config, return_matches=True)[0]
     pair = PairMatch(pair_score(result, feats[0], feats[1], config), result.num_matches)
     if output is not None:

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import core
-from .core import LightGlueConfig
+from ..data.files import atomic_write_text
+from ..engine import config as config_module
+from ..engine.config import Config
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -86,13 +85,7 @@ class Calibration:
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the JSON file atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(handle, "w") as out:
-            json.dump(self.to_dict(), out, indent=1)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def read(cls, path: Union[str, Path]) -> "Calibration":
@@ -103,7 +96,7 @@ class Calibration:
 
 
 # ============================================================================ fitting
-def fit(scores: Sequence[float], same: Sequence[bool], config: LightGlueConfig, method: str = "isotonic",
+def fit(scores: Sequence[float], same: Sequence[bool], config: Config, method: str = "isotonic",
         **meta: Any) -> Calibration:
     """Fit the map on labelled pairs: ``scores`` raw pair scores, ``same`` whether the pair is one individual."""
     if method not in METHODS:
@@ -149,7 +142,7 @@ def labelled_pairs(scores: np.ndarray, labels: Sequence[Any],
     ``rows``: restrict to pairs whose two annotations are both in ``rows`` (e.g. the fitting individuals).
     Unlabelled annotations (None, '', nid <= 0) are left out: the truth of their pairs is unknown.
     """
-    from .evaluation import is_unlabelled
+    from .protocol import is_unlabelled
 
     scores = np.asarray(scores, float)
     keep = np.zeros(len(labels), bool)
@@ -169,8 +162,8 @@ def split_by_individual(labels: Sequence[Any], held_out: float = 0.5) -> Tuple[L
     ones whose position falls in the held-out share) goes to the held-out side, so no individual is on
     both sides. Unlabelled annotations go nowhere.
     """
-    from .dataset import natural_key
-    from .evaluation import is_unlabelled
+    from ..data.dataset import natural_key
+    from .protocol import is_unlabelled
 
     names = sorted({str(lab) for lab in labels if not is_unlabelled(lab)}, key=natural_key)
     step = max(1, round(1 / held_out)) if held_out > 0 else 0
@@ -208,42 +201,14 @@ def reliability(probabilities: Sequence[float], same: Sequence[bool], bins: int 
     return out
 
 
-def plot_reliability(probabilities: Sequence[float], same: Sequence[bool], path: Union[str, Path],
-                     bins: int = 10, title: str = "") -> None:
-    """Reliability diagram (PNG): observed frequency against mean predicted probability per bin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = reliability(probabilities, same, bins)
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), dpi=100, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
-    ax.plot(table["predicted"], table["observed"], marker="o",
-            label=f"Brier {brier_score(probabilities, same):.4f}, ECE {table['ece'][0]:.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted P(same individual)")
-    ax.set_ylabel("observed frequency")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(title or f"reliability ({len(np.asarray(same))} held-out pairs)", fontsize=9)
-    hist.bar(table["bin_low"], table["count"], width=1 / bins, align="edge", log=True)
-    hist.set_xlim(0, 1)
-    hist.set_xlabel("predicted P(same individual)")
-    hist.set_ylabel("pairs")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 # ============================================================================ persistence tied to a config
-def calibration_path(config: LightGlueConfig) -> Path:
+def calibration_path(config: Config) -> Path:
     """Where the calibration of ``config`` lives: ``<config file stem>.calibration.json`` beside the file."""
-    source = Path(config.source) if config.source else core.DEFAULT_CONFIG_DIR / "config.json"
+    source = Path(config.source) if config.source else config_module.DEFAULT_CONFIG_DIR / "config.json"
     return source.with_name(source.stem + CALIBRATION_SUFFIX)
 
 
-def save_calibration(calibration: Calibration, config: LightGlueConfig,
+def save_calibration(calibration: Calibration, config: Config,
                      path: Union[str, Path, None] = None) -> Path:
     """Store ``calibration`` for ``config`` (at ``path``, default ``calibration_path(config)``)."""
     if calibration.match_fingerprint != config.match_fingerprint:
@@ -254,7 +219,7 @@ def save_calibration(calibration: Calibration, config: LightGlueConfig,
     return written
 
 
-def load_calibration(config: LightGlueConfig, path: Union[str, Path, None] = None) -> Optional[Calibration]:
+def load_calibration(config: Config, path: Union[str, Path, None] = None) -> Optional[Calibration]:
     """The calibration for ``config``, or None when there is none or it does not belong to this config.
 
     A file fitted under another match fingerprint (other keypoints, thresholds or score) is ignored
@@ -282,18 +247,7 @@ def probabilities(calibration: Optional[Calibration], scores: Sequence[float]) -
     return [float(v) for v in calibration.probability(scores)]
 
 
-# ============================================================================ the calibrate step
-@dataclass
-class CalibrationRun:
-    """What ``main`` did: the saved calibration and its held-out check."""
-
-    calibration: Calibration
-    path: Path
-    held_out: Dict[str, Any]  # brier, ece, pairs, individuals of the by-individual split (fit on the rest)
-    reliability_png: Optional[Path] = None
-
-
-def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: LightGlueConfig, method: str = "isotonic",
+def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: Config, method: str = "isotonic",
                    plot: Union[str, Path, None] = None) -> Dict[str, Any]:
     """Fit on half the individuals, measure Brier/ECE on pairs of the other half (split_by_individual)."""
     fit_rows, test_rows = split_by_individual(labels)
@@ -310,29 +264,7 @@ def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: LightGlueC
     out.update(brier=brier_score(prob, test_same), ece=reliability(prob, test_same)["ece"][0],
                brier_base_rate=brier_score(np.full(len(test_same), fit_same.mean()), test_same))
     if plot is not None and len(test_same):
+        from .plots import plot_reliability
+
         plot_reliability(prob, test_same, plot, title=f"{method}, held-out individuals ({len(test_same)} pairs)")
     return out
-
-
-def main(dataset, config=None, output: Union[str, Path, None] = None, *, group_by: Optional[str] = None,
-         method: str = "isotonic", cache_dir: Union[str, Path, None] = None, progress: bool = True) -> CalibrationRun:
-    """Score every comparable pair of a labelled dataset once, fit on all of them, save the calibration.
-
-    Also fits on half the individuals and reports Brier score and a reliability diagram
-    (``<output stem>.reliability.png``) on the pairs of the other half.
-    """
-    from .dataset import Dataset, load_dataset
-    from .evaluate_dataset import score_dataset
-
-    config = core.resolve_config(config)
-    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
-    scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
-    labels = [a.individual for a in scored.dataset.annotations]
-    scores, same = labelled_pairs(scored.scores, labels)
-    calibration = fit(scores, same, config, method, dataset=str(data.source), group_by=group_by)
-    path = save_calibration(calibration, config, output)
-    png = path.with_name(path.name.replace(".json", "") + ".reliability.png")
-    check = held_out_check(scored.scores, labels, config, method, plot=png)
-    calibration.meta["held_out"] = check
-    calibration.save(path)
-    return CalibrationRun(calibration, path, check, png if png.is_file() else None)

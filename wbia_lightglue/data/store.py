@@ -13,15 +13,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .core import InvalidChipError, LightGlueConfig, extract_features
-from .dataset import Annotation, BBox, ImageReadError, decode_image, read_image_bytes
+from ..engine.config import Config
+from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
+from ..engine.models import DeviceLike
+from .dataset import Annotation
+from .files import atomic_write
+from .images import BBox, ImageReadError, decode_image, read_image_bytes
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -40,6 +43,20 @@ class StoreReport:
     failed: List[str] = field(default_factory=list)  # one message per annotation that was skipped
 
 
+@dataclass
+class StoredFeatures:
+    """Features of a list of annotations: the usable ones, aligned, plus what the store did.
+
+    ``annotations[k]`` has features ``features[k]`` and store key ``keys[k]``; unusable annotations
+    (unreadable file, empty crop, a chip too small) are left out and named in ``report.failed``.
+    """
+
+    annotations: List[Annotation]
+    features: List[Dict[str, Any]]
+    keys: List[str]
+    report: StoreReport
+
+
 def content_key(data: bytes, bbox: Optional[BBox] = None) -> str:
     """The store key of an annotation: sha256 of the image file bytes, plus the crop when there is one."""
     digest = hashlib.sha256(data).hexdigest()
@@ -55,7 +72,7 @@ class FeatureStore:
     def entry_path(self, key: str, fingerprint: str) -> Path:
         return self.root / fingerprint / key[:2] / f"{key}.npz"
 
-    def load(self, key: str, fingerprint: str) -> Optional[dict]:
+    def load(self, key: str, fingerprint: str) -> Optional[Dict[str, Any]]:
         """The stored features, or None when absent or unreadable (then they are simply re-extracted)."""
         path = self.entry_path(key, fingerprint)
         if not path.is_file():
@@ -69,36 +86,28 @@ class FeatureStore:
         feats["fingerprint"] = fingerprint
         return feats
 
-    def save(self, key: str, fingerprint: str, feats: dict) -> Path:
+    def save(self, key: str, fingerprint: str, feats: Dict[str, Any]) -> Path:
         """Write one entry atomically (temporary file + rename)."""
-        path = self.entry_path(key, fingerprint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(out, **{name: np.asarray(feats[name]) for name in ARRAY_KEYS})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        arrays = {name: np.asarray(feats[name]) for name in ARRAY_KEYS}
+        return atomic_write(self.entry_path(key, fingerprint), lambda out: np.savez(out, **arrays))
 
     def features(
         self,
         sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
-        config: LightGlueConfig,
+        config: Config,
         *,
-        device: Optional[str] = None,
+        device: DeviceLike = None,
         progress: bool = True,
-        strict: bool = False,
-    ) -> Tuple[List[Optional[dict]], List[Optional[str]], StoreReport]:
+        on_error: OnError = "skip",
+    ) -> Tuple[List[Optional[Dict[str, Any]]], List[Optional[str]], StoreReport]:
         """Features of each ``(image path, bbox)``: loaded when stored, otherwise extracted and stored.
 
         Returns the features (None for an annotation that was skipped: unreadable file, empty crop, or a
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
-        skipped), and a StoreReport with the counts. With ``strict`` (a query, a pair) an unusable image
-        raises ImageReadError instead of being skipped.
+        skipped), and a StoreReport with the counts. With ``on_error='raise'`` (a query, a pair) an unusable
+        image raises ImageReadError instead of being skipped.
         """
+        check_on_error(on_error)
         fingerprint = config.feature_fingerprint
         feats: List[Optional[dict]] = [None] * len(sources)
         keys: List[Optional[str]] = [None] * len(sources)
@@ -108,7 +117,7 @@ class FeatureStore:
             try:
                 data = read_image_bytes(path)
             except ImageReadError as exc:
-                self._skip(report, exc, strict)
+                self._skip(report, exc, on_error)
                 continue
             keys[pos] = content_key(data, bbox)
             feats[pos] = self.load(keys[pos], fingerprint)
@@ -118,12 +127,14 @@ class FeatureStore:
                 missing.append((pos, data))
         for start in range(0, len(missing), EXTRACT_CHUNK):
             self._extract_chunk(missing[start:start + EXTRACT_CHUNK], sources, keys, feats, report,
-                                config, device, progress and len(missing) > 1, strict)
+                                config, device, progress and len(missing) > 1, on_error)
         logger.info("features: %d loaded from %s, %d extracted, %d skipped",
                     report.loaded, self.root, report.extracted, len(report.failed))
         return feats, keys, report
 
-    def _extract_chunk(self, chunk, sources, keys, feats, report, config, device, progress, strict) -> None:
+    def _extract_chunk(self, chunk: List[Tuple[int, bytes]], sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
+                       keys: List[Optional[str]], feats: List[Optional[Dict[str, Any]]], report: StoreReport,
+                       config: Config, device: DeviceLike, progress: bool, on_error: OnError) -> None:
         chips, positions = [], []
         for pos, data in chunk:
             path, bbox = sources[pos]
@@ -132,12 +143,12 @@ class FeatureStore:
                 positions.append(pos)
             except ImageReadError as exc:
                 keys[pos] = None
-                self._skip(report, exc, strict)
+                self._skip(report, exc, on_error)
         names = [str(sources[pos][0]) for pos in positions]
         try:
-            outputs = extract_features(chips, config, keys=names, device=device,
-                                       errors="raise" if strict else "warn", progress=progress)
-        except InvalidChipError as exc:  # only with strict: the one image asked for is unusable
+            outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
+                                       progress=progress)
+        except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
             raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
             if "error" in out:  # e.g. a chip too small to use (core has logged it): skipped like a bad file
@@ -149,8 +160,8 @@ class FeatureStore:
             report.extracted += 1
 
     @staticmethod
-    def _skip(report: StoreReport, error: ImageReadError, strict: bool) -> None:
-        if strict:
+    def _skip(report: StoreReport, error: ImageReadError, on_error: OnError) -> None:
+        if on_error == "raise":
             raise error
         logger.warning("%s; skipped", error)
         report.failed.append(str(error))
@@ -159,19 +170,18 @@ class FeatureStore:
 def annotation_features(
     annotations: Sequence[Annotation],
     store: FeatureStore,
-    config: LightGlueConfig,
+    config: Config,
     *,
-    device: Optional[str] = None,
+    device: DeviceLike = None,
     progress: bool = True,
-    strict: bool = False,
-) -> Tuple[List[Annotation], List[dict], List[str], StoreReport]:
+    on_error: OnError = "skip",
+) -> StoredFeatures:
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
-    ``strict``: raise ImageReadError on the first unusable image instead of skipping it.
-    Returns the kept annotations, their features and content keys (aligned), and the StoreReport.
+    ``on_error='raise'``: raise ImageReadError on the first unusable image instead of skipping it.
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
-                                         device=device, progress=progress, strict=strict)
+                                         device=device, progress=progress, on_error=on_error)
     kept = [i for i, f in enumerate(feats) if f is not None]
-    return ([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
-            [keys[i] for i in kept], report)  # type: ignore[misc]
+    return StoredFeatures([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
+                          [keys[i] for i in kept], report)  # type: ignore[misc]

@@ -6,8 +6,8 @@ as an attribute (e.g. ``side``, usable to restrict comparisons with ``--group-by
 the whole image.
 
 Problems with the collection itself (missing folder, missing columns, a malformed bounding box) raise
-``DatasetError``; a single image that cannot be read raises ``ImageReadError`` when read, so callers can
-skip it and go on with the others.
+``DatasetError``; a single image that cannot be read raises ``images.ImageReadError`` when read, so
+callers can skip it and go on with the others.
 """
 from __future__ import annotations
 
@@ -17,25 +17,18 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
+from .images import IMAGE_SUFFIXES, BBox
 
 logger = logging.getLogger("wbia_lightglue")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 REQUIRED_COLUMNS = ("path", "individual")
 BBOX_COLUMNS = ("x", "y", "w", "h")
-
-BBox = Tuple[int, int, int, int]  # x, y, width, height in pixels of the full image
 
 
 class DatasetError(ValueError):
     """The collection cannot be used (missing, empty, malformed CSV); the message names the file and line."""
-
-
-class ImageReadError(OSError):
-    """One image file is missing or cannot be decoded; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -180,35 +173,3 @@ def limit_individuals(dataset: Dataset, count: Optional[int], seed: Optional[int
     chosen = names[:count] if seed is None else random.Random(seed).sample(names, min(count, len(names)))
     logger.info("keeping %d of %d individuals", len(chosen), len(names))
     return dataset.subset(chosen)
-
-
-def read_image_bytes(path: Union[str, Path]) -> bytes:
-    """The raw file (its sha256 keys the feature store); ImageReadError when it cannot be read."""
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageReadError(f"image {path} cannot be read: {exc.strerror or exc}") from exc
-
-
-def decode_image(data: bytes, path: Union[str, Path], bbox: Optional[BBox] = None) -> np.ndarray:
-    """Decode to a BGR uint8 array and apply the crop; ImageReadError when undecodable or the crop is empty."""
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None:
-        raise ImageReadError(f"image {path} is not a readable image")
-    if bbox is None:
-        return image
-    x, y, w, h = bbox
-    crop = image[y:y + h, x:x + w]
-    if crop.size == 0:
-        raise ImageReadError(f"image {path}: bounding box {x},{y},{w},{h} lies outside the "
-                             f"{image.shape[1]}x{image.shape[0]} image")
-    if crop.shape[:2] != (h, w):
-        logger.warning("image %s: bounding box %d,%d,%d,%d is clipped to the image", path, x, y, w, h)
-    return np.ascontiguousarray(crop)
-
-
-def read_image(path: Union[str, Path], bbox: Optional[BBox] = None) -> np.ndarray:
-    """Read one image file (BGR uint8), cropped to ``bbox`` when given."""
-    return decode_image(read_image_bytes(path), path, bbox)

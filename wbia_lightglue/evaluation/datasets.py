@@ -1,25 +1,21 @@
-"""Evaluate identification on a labelled dataset: 1-vs-all CMC and mAP with evaluation.py's protocol.
-
-Writes ``<output>/report.json`` (summary, per-query rows, run metadata) and ``<output>/cmc.png``.
-"""
+"""A labelled dataset through the protocol: features from the store, every comparable pair scored once,
+the report with the run's settings, and its files (``report.json``, ``cmc.png``)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .core import LightGlueConfig, resolve_config
-from .dataset import Dataset, limit_individuals, load_dataset
-from .evaluation import DEFAULT_RANKS, EvaluationReport, evaluate_scores, plot_cmc, score_feature_pairs
-from .store import FeatureStore, StoreReport, annotation_features
+from ..data.dataset import Dataset
+from ..data.store import FeatureStore, StoreReport, annotation_features
+from ..engine.config import Config
+from .plots import plot_cmc
+from .protocol import DEFAULT_RANKS, EvaluationReport, evaluate_scores, score_feature_pairs
 
 logger = logging.getLogger("wbia_lightglue")
-
-DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
-
 
 @dataclass
 class DatasetScores:
@@ -33,7 +29,7 @@ class DatasetScores:
 
 def score_dataset(
     data: Dataset,
-    config: LightGlueConfig,
+    config: Config,
     *,
     group_by: Optional[str] = None,
     cache_dir: Union[str, Path, None] = None,
@@ -43,16 +39,15 @@ def score_dataset(
     if group_by is not None:
         data.column(group_by)  # fail on a missing column before any extraction
     logger.info("scoring %s: %d annotations (config %s)", data.source, len(data), config.fingerprint)
-    annots, feats, _, store_report = annotation_features(data.annotations, FeatureStore(cache_dir), config,
-                                                         progress=progress)
-    kept = Dataset(data.source, annots)
+    stored = annotation_features(data.annotations, FeatureStore(cache_dir), config, progress=progress)
+    kept = Dataset(data.source, stored.annotations)
     groups = kept.column(group_by) if group_by is not None else None
 
-    scores = score_feature_pairs(feats, config, groups=groups, progress=progress)
-    return DatasetScores(kept, scores, groups, store_report)
+    scores = score_feature_pairs(stored.features, config, groups=groups, progress=progress)
+    return DatasetScores(kept, scores, groups, stored.report)
 
 
-def evaluate(scored: DatasetScores, config: LightGlueConfig, ranks: Sequence[int] = DEFAULT_RANKS,
+def evaluate(scored: DatasetScores, config: Config, ranks: Sequence[int] = DEFAULT_RANKS,
              **meta: Any) -> EvaluationReport:
     """The protocol's report for scored pairs; ``meta`` is recorded with the run's settings."""
     annots = scored.dataset.annotations
@@ -74,31 +69,3 @@ def save(report: EvaluationReport, output: Union[str, Path], label: str = "") ->
     report.save(output / "report.json")
     plot_cmc({label or "LightGlue": report}, output / "cmc.png", max_rank=max(max(report.cmc), 5))
     logger.info("wrote %s and %s", output / "report.json", output / "cmc.png")
-
-
-def main(
-    dataset: Union[str, Path, Dataset],
-    output: Union[str, Path] = DEFAULT_OUTPUT,
-    config: Union[LightGlueConfig, Mapping, str, Path, None] = None,
-    *,
-    limit: Optional[int] = None,
-    seed: Optional[int] = None,
-    group_by: Optional[str] = None,
-    ranks: Sequence[int] = DEFAULT_RANKS,
-    cache_dir: Union[str, Path, None] = None,
-    progress: bool = True,
-) -> EvaluationReport:
-    """Score every comparable pair of ``dataset`` once, evaluate every answerable query, write the outputs.
-
-    Args:
-        limit: keep only this many individuals (the first in natural order, or a choice seeded by ``seed``).
-        group_by: an attribute (CSV column) whose value must match for two annotations to be compared,
-            e.g. ``side`` for flank photos.
-    """
-    config = resolve_config(config)
-    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
-    data = limit_individuals(data, limit, seed)
-    scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
-    report = evaluate(scored, config, ranks, group_by=group_by, limit_individuals=limit, seed=seed)
-    save(report, output, label=data.source.stem)
-    return report

@@ -1,0 +1,79 @@
+"""``wbia-lightglue calibrate``: fit raw score -> P(same individual) on a labelled dataset's pairs and save it.
+
+The fitting and the file format are :mod:`wbia_lightglue.evaluation.calibration`; this step scores the
+dataset, fits on every pair, saves beside the config, and checks the fit on held-out individuals.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from ..data.dataset import Dataset, load_dataset
+from ..engine.config import ConfigLike, resolve_config
+from ..evaluation.calibration import (
+    METHODS,
+    Calibration,
+    fit,
+    held_out_check,
+    labelled_pairs,
+    save_calibration,
+)
+from ..evaluation.datasets import score_dataset
+from .common import config_from_args
+
+
+@dataclass
+class CalibrationRun:
+    """What ``main`` did: the saved calibration and its held-out check."""
+
+    calibration: Calibration
+    path: Path
+    held_out: Dict[str, Any]  # brier, ece, pairs, individuals of the by-individual split (fit on the rest)
+    reliability_png: Optional[Path] = None
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser("calibrate", parents=[common],
+                              help="fit score -> P(same individual) on a labelled dataset's pairs")
+    cmd.add_argument("dataset", type=Path, metavar="DATASET")
+    cmd.add_argument("--output", type=Path, metavar="JSON",
+                     help="where to save it (default: beside the config file, <config>.calibration.json)")
+    cmd.add_argument("--group-by", metavar="COLUMN", help="compare only annotations with equal COLUMN (e.g. side)")
+    cmd.add_argument("--method", choices=METHODS, default="isotonic")
+    cmd.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    fitted = main(args.dataset, config_from_args(args), args.output, group_by=args.group_by,
+                  method=args.method, cache_dir=args.cache_dir, progress=not args.quiet)
+    check = fitted.held_out
+    print(f"calibration ({fitted.calibration.method}) on {fitted.calibration.num_pairs} pairs "
+          f"({fitted.calibration.num_positive} same individual): wrote {fitted.path}")
+    if "brier" in check:
+        print(f"held-out individuals ({check['held_out_pairs']} pairs): Brier {check['brier']:.4f} "
+              f"(base rate {check['brier_base_rate']:.4f}), ECE {check['ece']:.3f}"
+              + (f"; reliability diagram {fitted.reliability_png}" if fitted.reliability_png else ""))
+
+
+def main(dataset: Union[str, Path, Dataset], config: ConfigLike = None, output: Union[str, Path, None] = None, *,
+         group_by: Optional[str] = None, method: str = "isotonic", cache_dir: Union[str, Path, None] = None,
+         progress: bool = True) -> CalibrationRun:
+    """Score every comparable pair of a labelled dataset once, fit on all of them, save the calibration.
+
+    Also fits on half the individuals and reports Brier score and a reliability diagram
+    (``<output stem>.reliability.png``) on the pairs of the other half.
+    """
+    config = resolve_config(config)
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
+    labels = [a.individual for a in scored.dataset.annotations]
+    scores, same = labelled_pairs(scored.scores, labels)
+    calibration = fit(scores, same, config, method, dataset=str(data.source), group_by=group_by)
+    path = save_calibration(calibration, config, output)
+    png = path.with_name(path.name.replace(".json", "") + ".reliability.png")
+    check = held_out_check(scored.scores, labels, config, method, plot=png)
+    calibration.meta["held_out"] = check
+    calibration.save(path)
+    return CalibrationRun(calibration, path, check, png if png.is_file() else None)

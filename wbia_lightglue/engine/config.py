@@ -1,0 +1,229 @@
+"""The effective configuration: one schema of named keys, validation that names the file, key and value,
+and two fingerprints (of the values that change features, and of those that change match scores).
+
+Every key is optional; a JSON file overrides the defaults it names (default file:
+``/v_config/lightglue/config.json``, or ``$WBIA_LIGHTGLUE_CONFIG_DIR/config.json``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+
+DEFAULT_CONFIG_DIR = Path(os.environ.get("WBIA_LIGHTGLUE_CONFIG_DIR", "/v_config/lightglue"))
+DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "config.json"
+
+MODEL_NAMES = ("aliked-n16", "aliked-t16", "aliked-n16rot", "aliked-n32")
+DEVICES = ("auto", "cpu", "cuda")
+SCORE_NAMES = ("confidence_sum", "match_count", "inlier_count", "inlier_confidence_sum")
+NAME_SCORES = ("max", "sum", "mean_top3")
+CPU_PRECISIONS = ("fp32", "bf16")
+
+# Bumped whenever extraction code changes its output for the same config (invalidates stored features).
+FEATURE_CODE_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; the message names the file, key and value."""
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One config key: its default, its JSON type and the values it may take."""
+
+    default: Any
+    kind: str  # 'string', 'integer', 'number' or 'boolean'
+    allowed: Callable[[Any], bool] = lambda value: True
+    allowed_text: str = ""
+
+    def type_ok(self, value: Any) -> bool:
+        if self.kind == "boolean":
+            return isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        if self.kind == "integer":
+            return isinstance(value, int)
+        if self.kind == "number":
+            return isinstance(value, (int, float))
+        return isinstance(value, str)
+
+
+def _choice(*names: str) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda value: value in names), f"one of {', '.join(names)}"
+
+
+def _adaptive(value: float) -> bool:
+    """-1 disables the mechanism; otherwise a confidence in (0, 1]."""
+    return value == -1 or 0 < value <= 1
+
+
+def _device_name(value: str) -> bool:
+    return value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit())
+
+
+SPECS: Dict[str, KeySpec] = {
+    "model_name": KeySpec("aliked-n16", "string", *_choice(*MODEL_NAMES)),
+    "max_num_keypoints": KeySpec(2048, "integer", lambda v: 1 <= v <= 16384, "1..16384"),
+    "detection_threshold": KeySpec(0.0, "number", lambda v: 0 <= v < 1, "0 <= x < 1"),
+    "depth_confidence": KeySpec(0.95, "number", _adaptive, "-1 (off) or 0 < x <= 1"),
+    "width_confidence": KeySpec(0.99, "number", _adaptive, "-1 (off) or 0 < x <= 1"),
+    "filter_threshold": KeySpec(0.1, "number", lambda v: 0 <= v < 1, "0 <= x < 1"),
+    # score screening (matcher.BatchedLightGlue.match): after screen_layer layers, a pair whose confidence
+    # sum is below screen_score stops there; 0 = off. Opt-in: 2 / 10 held on nyala (benchmarks/screen_nyala.py)
+    # but the bar is absolute and cost the synthetic demo 17 Rank-1 points, so the default stays exact
+    "screen_layer": KeySpec(0, "integer", lambda v: 0 <= v <= 8, "0 (off) .. 8"),
+    "screen_score": KeySpec(10.0, "number", lambda v: v >= 0, ">= 0"),
+    "image_size": KeySpec(512, "integer", lambda v: 64 <= v <= 4096, "64..4096"),
+    "feature_cache_max_size": KeySpec(10000, "integer", lambda v: v >= 0, ">= 0 (0 disables the cache)"),
+    # ~1 MiB per annotation at 2048 keypoints: 10,000 entries alone could take 10 GiB
+    "feature_cache_max_bytes": KeySpec(2 << 30, "integer", lambda v: v >= 0, ">= 0 (0 = no byte bound)"),
+    "device": KeySpec("auto", "string", _device_name, "auto, cpu, cuda or cuda:N"),
+    "compile": KeySpec(True, "boolean"),
+    "mixed_precision": KeySpec(True, "boolean"),
+    "cpu_precision": KeySpec("fp32", "string", *_choice(*CPU_PRECISIONS)),
+    "batch_memory_mb": KeySpec(0, "integer", lambda v: v >= 0, ">= 0 (0 = automatic)"),
+    "score": KeySpec("confidence_sum", "string", *_choice(*SCORE_NAMES)),
+    "score_match_threshold": KeySpec(0.5, "number", lambda v: 0 <= v < 1, "0 <= x < 1"),
+    "name_score": KeySpec("max", "string", *_choice(*NAME_SCORES)),
+}
+DEFAULTS: Dict[str, Any] = {key: spec.default for key, spec in SPECS.items()}
+
+FEATURE_KEYS = ("model_name", "max_num_keypoints", "detection_threshold", "image_size")
+MATCH_KEYS = ("depth_confidence", "width_confidence", "filter_threshold", "screen_layer", "screen_score", "score",
+              "score_match_threshold")
+
+
+class Config(Mapping):
+    """Read-only effective configuration (a mapping; keys are also attributes).
+
+    ``source`` is the file it was read from (None for the built-in defaults).
+    """
+
+    _values: Dict[str, Any]
+    source: Optional[str]
+
+    def __init__(self, values: Mapping[str, Any], source: Optional[str] = None):
+        merged = dict(DEFAULTS)
+        merged.update(values)
+        validate(merged, source)
+        # JSON has one number type: store floats as floats so 1 and 1.0 fingerprint alike.
+        for key, spec in SPECS.items():
+            if spec.kind == "number":
+                merged[key] = float(merged[key])
+        object.__setattr__(self, "_values", merged)
+        object.__setattr__(self, "source", source)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Config is read-only; use .replace(**changes)")
+
+    def __repr__(self) -> str:
+        return f"Config({self._values!r}, source={self.source!r})"
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A new config with ``changes`` applied (validated)."""
+        return Config({**self._values, **changes}, source=self.source)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self._values)
+
+    @property
+    def feature_fingerprint(self) -> str:
+        """Digest of the values that change extracted features."""
+        return digest({"v": FEATURE_CODE_VERSION, **{k: self._values[k] for k in FEATURE_KEYS}})
+
+    @property
+    def match_fingerprint(self) -> str:
+        """Digest of the values that change match scores (features included)."""
+        return digest({"features": self.feature_fingerprint, **{k: self._values[k] for k in MATCH_KEYS}})
+
+    @property
+    def fingerprint(self) -> str:
+        return digest(self._values)
+
+
+# A config, a mapping of overrides, a path to a JSON file, or None (defaults / the default file).
+ConfigLike = Union[Config, Mapping[str, Any], str, Path, None]
+
+
+def digest(values: Mapping[str, Any]) -> str:
+    """A stable 16-hex-digit digest of JSON-serialisable values."""
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def validate(values: Mapping[str, Any], source: Optional[str] = None) -> None:
+    """Raise ConfigError naming the file, key and value for the first invalid entry."""
+    where = f"config {source}" if source else "config"
+    for key, value in values.items():
+        spec = SPECS.get(key)
+        if spec is None:
+            raise ConfigError(
+                f"{where}: unknown key {key!r} (value {value!r}); valid keys: {', '.join(SPECS)}")
+        if not spec.type_ok(value):
+            raise ConfigError(f"{where}: key {key!r} must be a {spec.kind}, got {value!r}")
+        if not spec.allowed(value):
+            raise ConfigError(f"{where}: key {key!r} has value {value!r}; expected {spec.allowed_text}")
+
+
+def load_config(config_path: Union[Config, str, Path, None] = None, **overrides: Any) -> Config:
+    """Effective config: defaults, overridden by a JSON file, then by keyword ``overrides``.
+
+    With ``config_path=None`` the default file (``/v_config/lightglue/config.json``) is read when it
+    exists, otherwise the built-in defaults apply. A path that was asked for and does not exist is an error.
+    """
+    if isinstance(config_path, Config):
+        return config_path.replace(**overrides) if overrides else config_path
+    if config_path is None:
+        path = DEFAULT_CONFIG_PATH
+        if not path.exists():
+            return Config(overrides)
+    else:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
+    return Config({**values, **overrides}, source=str(path))
+
+
+def resolve_config(config: ConfigLike) -> Config:
+    """Accept a config, a plain mapping of overrides, a path, or None (defaults / default file)."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return Config(config)
+    return load_config(config)

@@ -1,0 +1,386 @@
+"""Wildbook IA glue: ibs methods, dependency-cache tables, the LightGlue query request, cache invalidation.
+
+It holds no algorithm: features, scores and name scores come from :mod:`wbia_lightglue.core`, the
+evaluation protocol and calibration from :mod:`wbia_lightglue.evaluation`, review images from
+:mod:`wbia_lightglue.evaluation.drawing`. The web routes are in :mod:`.routes`.
+
+Registered here:
+
+* ibs methods ``lightglue_compute_features``, ``lightglue_features``, ``lightglue_match_scores``,
+  ``lightglue_evaluate``, ``lightglue_calibrate``;
+* depc tables ``LightGlueFeatures`` (per annotation) and ``LightGlue`` (per annotation pair, with the
+  request class used by ``ibs.query_chips(..., cfgdict={'pipeline_root': 'LightGlue'})``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .registry import (  # first: applies the Python 3.11 shims before wbia is imported
+    FEATURE_COLUMNS,
+    FEATURES_TABLE,
+    PAIRWISE_TABLE,
+    register_ibs_method,
+    register_preproc_annot,
+)
+
+import numpy as np  # noqa: E402
+import utool as ut  # noqa: E402
+import wbia  # noqa: E402
+from wbia import constants as const  # noqa: E402
+from wbia import dtool  # noqa: E402
+
+from .. import core  # noqa: E402
+from ..evaluation import calibration, drawing  # noqa: E402
+from ..evaluation.protocol import DEFAULT_RANKS, evaluate_scores, score_feature_pairs  # noqa: E402
+
+logger = logging.getLogger("wbia_lightglue")
+
+ConfigPath = Union[core.Config, str, Path, None]
+
+
+# ============================================================================ annotations and chips
+def _annot_chips(ibs, aids: Sequence[int]) -> List[Optional[np.ndarray]]:
+    """BGR chips in ``aids`` order; None (and a warning naming the annotation) where there is none.
+
+    WBIA computes chips in one batch and one unreadable image fails the whole batch, so on failure
+    each annotation is retried alone to isolate the bad ones.
+    """
+    try:
+        chips = list(ibs.get_annot_chips(list(aids)))
+    except Exception as exc:  # noqa: BLE001 - any image error; isolated below
+        logger.info("chip batch failed (%s); computing the %d chips one by one", exc, len(aids))
+        chips = [_one_chip(ibs, aid) for aid in aids]
+    for aid, chip in zip(aids, chips):
+        if chip is None:
+            logger.warning("annotation %d: no chip (image %s missing or unreadable); it scores 0",
+                           aid, _image_path(ibs, aid))
+    return chips
+
+
+def _one_chip(ibs, aid: int) -> Optional[np.ndarray]:
+    try:
+        return ibs.get_annot_chips([aid])[0]
+    except Exception as exc:  # noqa: BLE001 - a corrupt or missing file raises many kinds of error
+        logger.warning("annotation %d: its chip cannot be computed from image %s (%s: %s); it scores 0",
+                       aid, _image_path(ibs, aid), type(exc).__name__, exc)
+        return None
+
+
+def _image_path(ibs, aid: int) -> Optional[str]:
+    try:
+        return ibs.get_annot_image_paths([aid])[0]
+    except Exception:  # noqa: BLE001 - only used in a message
+        return None
+
+
+def _annot_uuids(ibs, aids: Sequence[int]) -> List[uuid.UUID]:
+    """Annotation UUIDs (the feature cache key: stable, and unique across databases in one process)."""
+    uuids = ibs.get_annot_uuids(list(aids))
+    unknown = [aid for aid, u in zip(aids, uuids) if u is None]
+    if unknown:
+        raise ValueError(f"unknown annotation ids: {unknown}")
+    return list(uuids)
+
+
+# ============================================================================ features
+@register_ibs_method
+def lightglue_compute_features(ibs, aid_list: Sequence[int], config_path: ConfigPath = None) -> List[dict]:
+    """ALIKED features of each annotation's chip, computed now (no cache, no SQLite).
+
+    An annotation whose image is missing or unreadable, or whose chip is empty, gets empty features
+    (every score against it is 0) and a logged warning naming it; the others are unaffected.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    return core.extract_features(_annot_chips(ibs, aids), config, keys=aids, on_error="skip")
+
+
+@register_ibs_method
+def lightglue_features(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
+                       use_depc: bool = True) -> List[dict]:
+    """Features of each annotation, in order (never None): in-memory LRU, then SQLite, then computed.
+
+    The in-memory cache is keyed by annotation UUID and the config's feature fingerprint. With
+    ``use_depc`` the misses are read from (or computed into) the ``LightGlueFeatures`` table.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    uuids = _annot_uuids(ibs, aids)
+    aid_of = dict(zip(uuids, aids))
+
+    def compute(missing: List[uuid.UUID]) -> List[dict]:
+        missing_aids = [aid_of[u] for u in missing]
+        if use_depc:
+            return _stored_features(ibs, missing_aids, config)
+        return ibs.lightglue_compute_features(missing_aids, config)
+
+    return core.get_feature_cache(config).get_or_compute(uuids, config.feature_fingerprint, compute)
+
+
+def _features_depc_config(config: core.Config) -> Dict[str, Any]:
+    # The fingerprint makes SQLite rows follow the file's *contents*: editing a config file that
+    # changes the features stores new rows instead of returning stale ones.
+    return {"config_path": config.source, "fingerprint": config.feature_fingerprint}
+
+
+def _stored_features(ibs, aids: List[int], config: core.Config) -> List[dict]:
+    rows = ibs.depc_annot.get(FEATURES_TABLE, aids, None, config=_features_depc_config(config))
+    return [_row_to_features(row, config) for row in rows]
+
+
+def _row_to_features(row: Tuple[np.ndarray, ...], config: core.Config) -> dict:
+    feats = {name: np.asarray(value) for name, value in zip(FEATURE_COLUMNS, row)}
+    feats["fingerprint"] = config.feature_fingerprint
+    return feats
+
+
+class LightGlueFeaturesConfig(dtool.Config):
+    """Config of the LightGlueFeatures table: the config file and the feature fingerprint of its contents."""
+
+    _param_info_list = [
+        ut.ParamInfo("config_path", None),
+        ut.ParamInfo("fingerprint", None),
+    ]
+
+
+@register_preproc_annot(
+    tablename=FEATURES_TABLE,
+    parents=[const.ANNOTATION_TABLE],
+    colnames=list(FEATURE_COLUMNS),
+    coltypes=[np.ndarray] * len(FEATURE_COLUMNS),
+    configclass=LightGlueFeaturesConfig,
+    fname="lightglue",
+    chunksize=64,
+)
+def compute_lightglue_features(depc, aid_list: Sequence[int], config=None) -> Iterator[tuple]:
+    """depc: one row (keypoints, descriptors, keypoint_scores, image_size) per annotation."""
+    config = config or {}
+    lightglue_config = core.load_config(config["config_path"] if "config_path" in config else None)
+    expected = config["fingerprint"] if "fingerprint" in config else None
+    if expected is not None and expected != lightglue_config.feature_fingerprint:
+        raise core.ConfigError(
+            f"config {lightglue_config.source} changed while features were requested "
+            f"(fingerprint {lightglue_config.feature_fingerprint}, expected {expected})")
+    for feats in depc.controller.lightglue_compute_features(list(aid_list), lightglue_config):
+        yield tuple(feats[name] for name in FEATURE_COLUMNS)
+
+
+# ============================================================================ scores
+def _scores_one_to_many(ibs, qaid: int, daids: Sequence[int], config: core.Config) -> List[float]:
+    """One batched LightGlue call: the query against every database annotation."""
+    if not daids:
+        return []
+    feats = ibs.lightglue_features([qaid, *daids], config)
+    return core.match_scores(feats[0], feats[1:], config)
+
+
+@register_ibs_method
+def lightglue_match_scores(ibs, qaid: int, daid_list: Sequence[int], config_path: ConfigPath = None) -> List[float]:
+    """Raw scores (config ``score``; default: sum of match confidences) of ``qaid`` vs each daid, in order.
+
+    The query is never matched with itself: where it appears among the daids its score is 0.
+    """
+    config = core.load_config(config_path)
+    daids = list(daid_list)
+    others = list(dict.fromkeys(d for d in daids if d != qaid))
+    by_daid = dict(zip(others, _scores_one_to_many(ibs, qaid, others, config)))
+    return [by_daid.get(d, 0.0) for d in daids]
+
+
+def _pair_scores(ibs, qaids: Sequence[int], daids: Sequence[int], config: core.Config) -> List[float]:
+    """Scores of the pairs (qaids[k], daids[k]): one batched call per distinct query."""
+    positions: Dict[int, List[int]] = {}
+    for k, qaid in enumerate(qaids):
+        positions.setdefault(qaid, []).append(k)
+    scores = [0.0] * len(qaids)
+    for qaid, ks in positions.items():
+        row = lightglue_match_scores(ibs, qaid, [daids[k] for k in ks], config)
+        for k, score in zip(ks, row):
+            scores[k] = score
+    return scores
+
+
+@register_ibs_method
+def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
+                       ranks: Sequence[int] = DEFAULT_RANKS) -> float:
+    """Rank-1 accuracy of 1-vs-all identification over ``aid_list``, labelled by name.
+
+    Uses the project's one evaluation protocol (:mod:`wbia_lightglue.evaluation`): each unordered
+    pair is scored once; unnamed annotations (nid <= 0) are never a correct match; queries without
+    another sighting are skipped and counted. The full table (CMC, mAP, skipped) is logged.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    nids = ibs.get_annot_nids(aids)
+    ibs.lightglue_features(aids, config)  # every annotation's features first, in one extraction batch
+    logger.info("lightglue_evaluate: %d annotations, %d names, config %s", len(aids),
+                len({n for n in nids if n is not None and n > 0}), config.source or "defaults")
+
+    scores = _all_pair_scores(ibs, aids, config)
+    report = evaluate_scores(scores, nids, ids=aids, ranks=ranks, name_score=config["name_score"])
+    logger.info("lightglue_evaluate (aids %s):\n%s", _abbreviate(aids), report.table())
+    return report.rank1
+
+
+def _all_pair_scores(ibs, aids: List[int], config: core.Config) -> np.ndarray:
+    """Symmetric score matrix of ``aids``, each unordered pair scored once (evaluation.score_all_pairs)."""
+    return score_feature_pairs(ibs.lightglue_features(aids, config), config)
+
+
+@register_ibs_method
+def lightglue_calibrate(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
+                        output: Union[str, Path, None] = None) -> str:
+    """Fit score -> P(same individual) on every pair of ``aid_list`` (labels = names) and save it.
+
+    Unnamed annotations take part in no pair. The calibration is saved beside the config file
+    (``calibration.calibration_path``: ``<config>.calibration.json``, for the defaults
+    ``<config dir>/config.calibration.json``) unless ``output`` names a file; returns the path.
+    Once saved, ``lightglue_api_match_scores`` returns probabilities beside the raw scores.
+    """
+    config = core.load_config(config_path)
+    aids = list(aid_list)
+    nids = ibs.get_annot_nids(aids)
+    scores, same = calibration.labelled_pairs(_all_pair_scores(ibs, aids, config), nids)
+    fitted = calibration.fit(scores, same, config, annotations=len(aids))
+    return str(calibration.save_calibration(fitted, config, output))
+
+
+def _abbreviate(items: Sequence[Any], limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+
+
+# ============================================================================ pairwise table and request
+class LightGlueConfig(dtool.Config):  # the name makes the table and pipeline_root 'LightGlue'
+    """Config of the LightGlue pairwise table and query request.
+
+    ``config_path``: the plugin config file (None: the default file or built-in defaults).
+    ``name_score``: how a name's annotation scores become its name score ('max' or 'sum', ...).
+    ``fingerprint`` is filled in by the request from the file's contents (stored scores follow edits).
+    """
+
+    _param_info_list = [
+        ut.ParamInfo("config_path", None),
+        ut.ParamInfo("name_score", "max", valid_values=list(core.NAME_SCORES)),
+        ut.ParamInfo("fingerprint", None),
+    ]
+
+
+def _annot_match(ibs, qaid: int, daids: Sequence[int], scores: Sequence[float], name_score: str):
+    """A WBIA AnnotMatch with annotation scores and name scores (core.name_scores over the daids' nids)."""
+    cm = wbia.AnnotMatch()
+    cm.qaid = qaid
+    cm.qnid = ibs.get_annot_nids(qaid)
+    cm.daid_list = np.asarray(daids, dtype=np.int64)
+    cm.dnid_list = np.asarray(ibs.get_annot_nids(list(daids)), dtype=np.int64)
+    cm._update_daid_index()
+    cm._update_unique_nid_index()
+    per_name = core.name_scores(scores, cm.dnid_list.tolist(), name_score)
+    cm.set_cannonical_name_score(np.asarray(scores, dtype=float),
+                                 np.asarray([per_name[nid] for nid in cm.unique_nids], dtype=float))
+    return cm
+
+
+class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
+    """``depc_annot.new_request('LightGlue', qaids, daids, cfg)``; also ``pipeline_root='LightGlue'``.
+
+    Pairs are (query, database) with the query itself left out; ``execute()`` returns one AnnotMatch
+    per query (in first-appearance order) and computes only pairs not already stored.
+    """
+
+    _symmetric = False
+    _tablename = PAIRWISE_TABLE
+
+    @classmethod
+    def new(cls, depc, qaid_list, daid_list, cfgdict=None, tablename=None):
+        cfgdict = dict(cfgdict or {})
+        # Requests also arrive from the web (query_config_dict of the engine routes), so config_path
+        # is held to the config directory here too.
+        from .routes import resolve_config_path
+
+        path = resolve_config_path(cfgdict.get("config_path"))
+        cfgdict["config_path"] = None if path is None else str(path)
+        # Read the config now: a bad file fails the request up front, and the fingerprint of its
+        # contents keys the stored scores.
+        config = core.load_config(path)
+        cfgdict["fingerprint"] = config.match_fingerprint
+        return super().new(depc, qaid_list, daid_list, cfgdict, tablename)
+
+    def postprocess_execute(request, table, parent_rowids, rowids, result_list):
+        ibs = request.depc.controller
+        grouped: Dict[int, Tuple[List[int], List[float]]] = {}
+        for (qaid, daid), row in zip(parent_rowids, result_list):
+            daids, scores = grouped.setdefault(qaid, ([], []))
+            daids.append(daid)
+            scores.append(row[0] if isinstance(row, (tuple, list)) else row)
+        name_score = request.config["name_score"]
+        return [_annot_match(ibs, qaid, daids, scores, name_score) for qaid, (daids, scores) in grouped.items()]
+
+    def render_single_result(request, cm, aid, **kwargs):
+        """The two chips with LightGlue's correspondences drawn between them (BGR image)."""
+        ibs = request.depc.controller
+        config = core.load_config(request.config["config_path"])
+        chips = _annot_chips(ibs, [cm.qaid, aid])
+        feats = ibs.lightglue_features([cm.qaid, aid], config)
+        result = core.match_pairs(feats[0], [feats[1]], config, return_matches=True)[0]
+        blank = np.full((64, 64, 3), 255, np.uint8)  # a missing chip is drawn as a blank tile
+        title = f"aid {cm.qaid} vs aid {aid}: {result.num_matches} matches, score {result.score:.1f}"
+        return drawing.draw_matches(chips[0] if chips[0] is not None else blank,
+                                chips[1] if chips[1] is not None else blank,
+                                feats[0]["keypoints"], feats[1]["keypoints"],
+                                result.matches, result.confidences, title=title)
+
+
+@register_preproc_annot(
+    tablename=PAIRWISE_TABLE,
+    parents=[const.ANNOTATION_TABLE, const.ANNOTATION_TABLE],
+    colnames=["score"],
+    coltypes=[float],
+    configclass=LightGlueConfig,
+    requestclass=LightGlueRequest,
+    fname="lightglue",
+    chunksize=None,  # all pairs at once, so each query's partners go to the matcher in one batch
+)
+def compute_lightglue_scores(depc, qaid_list: Sequence[int], daid_list: Sequence[int], config=None) -> Iterator[tuple]:
+    """depc: the score of each (query, database) pair, computed one query vs many at a time."""
+    config = config or {}
+    lightglue_config = core.load_config(config["config_path"] if "config_path" in config else None)
+    for score in _pair_scores(depc.controller, list(qaid_list), list(daid_list), lightglue_config):
+        yield (float(score),)
+
+
+# ============================================================================ cache invalidation
+def _forget_features(ibs, aids: Sequence[int]) -> None:
+    uuids = [u for u in ibs.get_annot_uuids(list(aids)) if u is not None]
+    dropped = core.invalidate_features(uuids)
+    if dropped:
+        logger.info("dropped %d cached feature entries of %d annotations whose chips changed", dropped, len(uuids))
+
+
+def _install_invalidation_hook() -> None:
+    """Forget in-memory features whenever WBIA deletes an annotation's derived data.
+
+    WBIA calls ``depc_annot.delete_root(aids)`` (via ``notify_root_changed(..., force_delete=True)``)
+    when an annotation's bbox, verts or theta change, and when an annotation is deleted; that call
+    also deletes the stored LightGlueFeatures and LightGlue rows. WBIA has no callback registry for
+    it, so the method is wrapped once, for annotation caches only.
+    """
+    original = dtool.DependencyCache.delete_root
+    if getattr(original, "_lightglue_invalidates", False):
+        return
+
+    @functools.wraps(original)
+    def delete_root(depc, root_rowids, *args, **kwargs):
+        if depc.root == const.ANNOTATION_TABLE and depc.controller is not None:
+            _forget_features(depc.controller, list(root_rowids))
+        return original(depc, root_rowids, *args, **kwargs)
+
+    delete_root._lightglue_invalidates = True
+    dtool.DependencyCache.delete_root = delete_root
+
+
+_install_invalidation_hook()
