@@ -4,7 +4,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: env demo test bench clean
+.PHONY: env demo test lint bench clean
 
 env:
 	bash .ci/build_env.sh $(VENV)
@@ -14,6 +14,10 @@ demo: env
 
 test: env
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: env
 	$(VENV)/bin/python benchmarks/bench_match.py

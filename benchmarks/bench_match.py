@@ -22,71 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import numpy as np
 import torch
+from bench_common import load_chips, machine, measure
 
 from wbia_lightglue import core
-
-ROOT = Path(__file__).resolve().parents[1]
-NYALA = ROOT.parent / "shared" / "data" / "nyala"
-PHOTOS = ROOT.parent / "shared" / "data" / "photos"
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-
-
-def load_chips(count: int) -> List[np.ndarray]:
-    """``count`` chips: nyala photos of one flank (query = first), else sample photos, else synthetic."""
-    import cv2
-
-    if (NYALA / "labels.csv").is_file():
-        import csv
-
-        with open(NYALA / "labels.csv") as f:
-            rows = [r for r in csv.DictReader(f) if r["side"] == "left"]
-        return [cv2.imread(str(NYALA / r["path"])) for r in rows[:count]]
-    if PHOTOS.is_dir():
-        photos = [cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir())]
-        return [photos[i % len(photos)] for i in range(count)]
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from images import textured_chip
-
-    return [textured_chip(i, size=(480, 640)) for i in range(count)]
-
-
-def measure(fn: Callable[[], object], device: torch.device, repeat: int = 1) -> float:
-    """Seconds per call after one warm-up call."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeat
 
 
 def upstream_loop(query: dict, database: List[dict], config, device, layers: int = 9) -> List[float]:
@@ -121,12 +65,21 @@ def upstream_loop(query: dict, database: List[dict], config, device, layers: int
 def screened_reference(query, database, config, device, full: List[float]) -> List[float]:
     """What screening must give: upstream cut at the screen layer where that score is below the bar,
     else upstream's full adaptive score (tests/test_matcher.py checks the same rule)."""
-    layer, bar = core.screen_setting(config)
+    layer, bar = core.match_settings(config).screen
     cut = upstream_loop(query, database, config, device, layers=layer)
     return [c if c < bar else u for c, u in zip(cut, full)]
 
 
 upstream_loop.models = {}
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16): only then is bf16 timed."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 # dense bf16 tensor-core peaks (FLOP/s) for the fraction-of-bound column on known GPUs
@@ -155,8 +108,8 @@ def parity(scores: List[float], reference: List[float]) -> float:
 
 def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen=None, repeat: int = 1) -> List[Dict]:
     """Rows for one keypoint count; ``screen`` = (layer, min score) overrides the default screening."""
-    config = core.LightGlueConfig(dict(max_num_keypoints=keypoints, device=device.type, compile=False,
-                                       cpu_precision="fp32", mixed_precision=False))
+    config = core.Config(dict(max_num_keypoints=keypoints, device=device.type, compile=False,
+                              cpu_precision="fp32", mixed_precision=False))
     if screen is not None:
         config = config.replace(screen_layer=int(screen[0]), screen_score=float(screen[1]))
     if not adaptive:
@@ -174,12 +127,12 @@ def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen
     exact = config.replace(screen_layer=0)
     variants = {"batched fp32": exact}
     low = exact.replace(mixed_precision=True) if device.type == "cuda" else exact.replace(cpu_precision="bf16")
-    if device.type == "cuda" or core.cpu_supports_bf16():
+    if device.type == "cuda" or cpu_supports_bf16():
         variants["batched bf16" if device.type != "cuda" else "batched mixed"] = low
     if device.type == "cuda":
         variants["batched mixed+compile"] = low.replace(compile=True)
     cut_reference = reference  # what the screened paths must give (upstream with the same rule)
-    if core.screen_setting(config) is not None:
+    if core.match_settings(config).screen is not None:
         variants["batched fp32 screened"] = config
         if device.type == "cuda":
             variants["batched mixed+compile screened"] = config.replace(mixed_precision=True, compile=True)
@@ -187,7 +140,7 @@ def run(keypoints: int, pairs: int, device: torch.device, adaptive: bool, screen
     for name, cfg in variants.items():
         out: List[float] = []
 
-        def ours():
+        def ours(out: List[float] = out, cfg: core.Config = cfg) -> None:
             out[:] = core.match_scores(query, database, cfg, device=str(device))
 
         seconds = measure(ours, device, repeat)

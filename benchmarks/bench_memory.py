@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py                      # 512 and 2048 keypoints, 1-vs-1000 at 512
     python benchmarks/bench_memory.py --database 200 --match-keypoints 2048
 
-The database is built from real photos (nyala when ../shared is present, see bench_match.load_chips);
+The database is built from real photos (nyala when ../shared is present, see bench_common.load_chips);
 to reach N entries without N extractions, each extracted annotation is reused with its keypoints
 shifted by a few pixels (a different feature set to the matcher, same size and cost). The peak is the
 process's maximum resident set size, measured in a fresh subprocess per figure.
@@ -28,12 +28,11 @@ def rss_mib() -> float:
 
 
 def per_annotation_bytes(keypoints: int) -> int:
-    sys.path.insert(0, str(HERE))
-    from bench_match import load_chips
+    from bench_common import load_chips
 
     from wbia_lightglue import core
 
-    config = core.LightGlueConfig(dict(max_num_keypoints=keypoints))
+    config = core.Config(dict(max_num_keypoints=keypoints))
     feats = core.extract_features(load_chips(3), config, progress=False)
     cache = core.FeatureCache(max_entries=100)
     for i, f in enumerate(feats):
@@ -43,12 +42,11 @@ def per_annotation_bytes(keypoints: int) -> int:
 
 def one_vs_many(keypoints: int, database: int) -> dict:
     """Run in a fresh process: peak RSS before and after a 1-vs-``database`` identification."""
-    sys.path.insert(0, str(HERE))
-    from bench_match import load_chips
+    from bench_common import load_chips
 
     from wbia_lightglue import core
 
-    config = core.LightGlueConfig(dict(max_num_keypoints=keypoints))
+    config = core.Config(dict(max_num_keypoints=keypoints))
     base = core.extract_features(load_chips(9), config, progress=False)
     query, seeds = base[0], base[1:]
     rng = np.random.default_rng(0)

@@ -1,13 +1,14 @@
 """WBIA's built-in HotSpotter on quality_nyala's subset and protocol, and a 1-vs-N per-query timing mode.
 
 Protocol mode (default): a WBIA database is built in a temporary folder with the subset's photos
-(``quality_nyala.select_subset``: full-image annotations, name = individual). For each flank group,
+(``select_subset``: full-image annotations, name = individual). For each flank group,
 ``ibs.query_chips(qaids, daids)`` runs with the default pipeline (vsmany LNBNN), daids = every photo of
 that flank (WBIA leaves the query itself out), so flanks are never compared, as in quality_nyala. Its
 answers become the same protocol's EvaluationReport (``evaluation.evaluate_scores``, pessimistic ties):
 
 * ``hotspotter annot`` - the annotation scores (``cm.get_annot_scores``; a database photo absent from
-  the ChipMatch, or cut by HotSpotter's name shortlist (score -inf), scores 0) as the rows of a query x database matrix, with our name scores max/sum/mean_top3;
+  the ChipMatch, or cut by HotSpotter's name shortlist (score -inf), scores 0) as the rows of a query x
+  database matrix, with our name scores max/sum/mean_top3;
 * ``hotspotter native`` - HotSpotter's own name scores (``cm.get_name_scores``, nsum by default): each
   annotation gets its name's score and name score ``max`` ranks names exactly by them (Rank-k only; its
   mAP is meaningless and left out of the table).
@@ -30,25 +31,32 @@ import argparse
 import csv
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from bench_common import (
+    DEFAULT_INDIVIDUALS,
+    DEFAULT_MAX_PER_FLANK,
+    NYALA,
+    RANKS,
+    RESULTS,
+    select_subset,
+    subset_features,
+    summary_row,
+)
+from quality_nyala import DEFAULT_KEYPOINTS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality_nyala  # noqa: E402
-
-from wbia_lightglue import _wbia_compat, core  # noqa: E402
-from wbia_lightglue.dataset import Annotation  # noqa: E402
-from wbia_lightglue.evaluation import evaluate_scores  # noqa: E402
-from wbia_lightglue.store import FeatureStore, annotation_features  # noqa: E402
+from wbia_lightglue import core
+from wbia_lightglue.data.dataset import Annotation
+from wbia_lightglue.evaluation.protocol import evaluate_scores
+from wbia_lightglue.wbia_plugin import compat as _wbia_compat
 
 logger = logging.getLogger("wbia_lightglue")
 
-DEFAULT_OUTPUT = quality_nyala.ROOT / "benchmarks" / "results" / "hotspotter_nyala"
+DEFAULT_OUTPUT = RESULTS / "hotspotter_nyala"
 SPECIES = "nyala"
 
 
@@ -129,11 +137,11 @@ def protocol(annots: Sequence[Annotation], output: Path, workdir: Path) -> Dict[
     for name, matrix, name_scores in (("hotspotter_annot", annot, core.NAME_SCORES),
                                       ("hotspotter_native", native, ("max",))):
         for name_score in name_scores:
-            rep = evaluate_scores(matrix, labels, ids=ids, groups=groups, ranks=quality_nyala.RANKS,
+            rep = evaluate_scores(matrix, labels, ids=ids, groups=groups, ranks=RANKS,
                                   name_score=name_score)
             rep.meta.update(variant=name, timing=timing, pipeline="default (vsmany)")
             rep.save(folder / f"{name}__{name_score}.json")
-            rows[f"{name}|{name_score}"] = quality_nyala.summary_row(rep)
+            rows[f"{name}|{name_score}"] = summary_row(rep)
     return rows
 
 
@@ -180,9 +188,9 @@ def one_vs_many(labels_csv: Path, count: int, keypoints: Sequence[int], workdir:
         warm.append(time.perf_counter() - start)
     out["hotspotter_warm_seconds"] = float(np.median(warm))
     for k in keypoints:
-        config = core.LightGlueConfig({"max_num_keypoints": k, "screen_layer": int(screen[0]),
-                                       "screen_score": float(screen[1])})
-        _, feats, _, _ = annotation_features(photos, FeatureStore(cache_dir), config, progress=False)
+        config = core.Config({"max_num_keypoints": k, "screen_layer": int(screen[0]),
+                              "screen_score": float(screen[1])})
+        feats = subset_features(photos, config, cache_dir, progress=False).features
         core.match_pairs(feats[0], feats[2:4], config)  # warm-up (weights, allocator)
         times = []
         for _ in range(repeats):
@@ -194,9 +202,9 @@ def one_vs_many(labels_csv: Path, count: int, keypoints: Sequence[int], workdir:
 
 
 # ============================================================================ main
-def main(output: Path = DEFAULT_OUTPUT, individuals: int = quality_nyala.DEFAULT_INDIVIDUALS,
-         max_per_flank: int = quality_nyala.DEFAULT_MAX_PER_FLANK, labels_csv: Path = quality_nyala.NYALA,
-         one_vs: Optional[int] = None, keypoints: Sequence[int] = quality_nyala.DEFAULT_KEYPOINTS,
+def main(output: Path = DEFAULT_OUTPUT, individuals: int = DEFAULT_INDIVIDUALS,
+         max_per_flank: int = DEFAULT_MAX_PER_FLANK, labels_csv: Path = NYALA,
+         one_vs: Optional[int] = None, keypoints: Sequence[int] = DEFAULT_KEYPOINTS,
          cache_dir: Optional[Path] = None, workdir: Optional[Path] = None,
          screen: Sequence[float] = (0, 0)) -> dict:
     output = Path(output)
@@ -208,7 +216,7 @@ def main(output: Path = DEFAULT_OUTPUT, individuals: int = quality_nyala.DEFAULT
             (output / f"one_vs_{one_vs}.json").write_text(json.dumps(result, indent=1))
             print(json.dumps(result, indent=1))
             return result
-        annots = quality_nyala.select_subset(labels_csv, individuals, max_per_flank)
+        annots = select_subset(labels_csv, individuals, max_per_flank)
         rows = protocol(annots, output, Path(tmp))
     (output / "summary.json").write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
@@ -220,11 +228,11 @@ def main(output: Path = DEFAULT_OUTPUT, individuals: int = quality_nyala.DEFAULT
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--individuals", type=int, default=quality_nyala.DEFAULT_INDIVIDUALS)
-    parser.add_argument("--max-per-flank", type=int, default=quality_nyala.DEFAULT_MAX_PER_FLANK)
-    parser.add_argument("--labels", type=Path, default=quality_nyala.NYALA)
+    parser.add_argument("--individuals", type=int, default=DEFAULT_INDIVIDUALS)
+    parser.add_argument("--max-per-flank", type=int, default=DEFAULT_MAX_PER_FLANK)
+    parser.add_argument("--labels", type=Path, default=NYALA)
     parser.add_argument("--one-vs", type=int, metavar="N", help="timing mode: one query against N photos")
-    parser.add_argument("--keypoints", type=int, nargs="+", default=list(quality_nyala.DEFAULT_KEYPOINTS))
+    parser.add_argument("--keypoints", type=int, nargs="+", default=list(DEFAULT_KEYPOINTS))
     parser.add_argument("--cache-dir", type=Path, help="LightGlue feature store (timing mode)")
     parser.add_argument("--workdir", type=Path, help="where the temporary WBIA database goes (default: /tmp)")
     parser.add_argument("--screen", type=float, nargs=2, default=[0, 0], metavar=("LAYER", "MIN_SCORE"),

@@ -4,9 +4,10 @@ Subset (fixed, deterministic; ``select_subset``): individuals in numeric id orde
 when one of its flanks has >= 2 photos; the first ``--individuals`` eligible ones are kept (default 40),
 each with ONE flank - left for the 1st, 3rd, ... kept individual and right for the 2nd, 4th, ... (the
 other flank when that one has < 2 photos), which balances the two flank groups - and at most
-``--max-per-flank`` photos of it (default 3), the lowest sighting numbers first. Left and right flanks share no pattern, so photos are
-compared only within a flank (the protocol's ``groups`` = side): with one flank per individual every
-photo's query has 1-2 correct photos and the other individuals of its flank as distractors.
+``--max-per-flank`` photos of it (default 3), the lowest sighting numbers first. Left and right flanks
+share no pattern, so photos are compared only within a flank (the protocol's ``groups`` = side): with
+one flank per individual every photo's query has 1-2 correct photos and the other individuals of its
+flank as distractors.
 Defaults: 40 individuals (31 with 3 photos, 9 with 2), 111 photos (54 left, 57 right), 3027 same-flank pairs.
 
 For each keypoint count each same-flank pair is matched once (``core.match_pairs(return_matches=True)``,
@@ -37,69 +38,38 @@ keypoints -> Rank-1, Rank-5, mAP), ``<output>/reports/<keypoints>/<variant>__<na
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import os
-import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from bench_common import (
+    DEFAULT_INDIVIDUALS,
+    DEFAULT_MAX_PER_FLANK,
+    NYALA,
+    RANKS,
+    RESULTS,
+    select_subset,
+    subset_features,
+    summary_row,
+)
 
-from wbia_lightglue import calibration, core
-from wbia_lightglue.dataset import Annotation, natural_key
-from wbia_lightglue.evaluation import EvaluationReport, evaluate_scores
-from wbia_lightglue.store import FeatureStore, annotation_features
+from wbia_lightglue import core
+from wbia_lightglue.data.dataset import Annotation
+from wbia_lightglue.data.files import atomic_write
+from wbia_lightglue.evaluation import calibration
+from wbia_lightglue.evaluation.protocol import evaluate_scores, later_partners, same_group
 
 logger = logging.getLogger("wbia_lightglue")
 
-ROOT = Path(__file__).resolve().parents[1]
-NYALA = ROOT.parent / "shared" / "data" / "nyala" / "labels.csv"
-DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "quality_nyala"
+DEFAULT_OUTPUT = RESULTS / "quality_nyala"
 DEFAULT_KEYPOINTS = (512, 1024)
-DEFAULT_INDIVIDUALS = 40
-DEFAULT_MAX_PER_FLANK = 3
-RANKS = (1, 5, 10)
 NAME_SCORES = core.NAME_SCORES
-MATCH_THRESHOLD = 0.5  # match_count's confidence threshold (the config's score_match_threshold)
+MATCH_THRESHOLD = core.DEFAULTS["score_match_threshold"]  # match_count's confidence threshold
 LNBNN_T = 3
-
-
-# ============================================================================ subset
-def select_subset(labels_csv: Path = NYALA, individuals: int = DEFAULT_INDIVIDUALS,
-                  max_per_flank: int = DEFAULT_MAX_PER_FLANK, skip: int = 0) -> List[Annotation]:
-    """The fixed subset described in the module docstring (attributes: side, sighting).
-
-    ``skip`` passes over the first eligible individuals: ``skip=40`` gives the next, disjoint 40
-    (a held-out set for settings chosen on the default subset).
-    """
-    by_flank: Dict[Tuple[str, str], List[dict]] = defaultdict(list)
-    with open(labels_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            by_flank[(row["individual"], row["side"])].append(row)
-    chosen: List[Annotation] = []
-    names = sorted({ind for ind, _ in by_flank}, key=natural_key)
-    kept = 0
-    for name in names:
-        flanks = ["left", "right"] if kept % 2 == 0 else ["right", "left"]  # alternate: balanced groups
-        eligible = [by_flank[(name, side)] for side in flanks if len(by_flank.get((name, side), [])) >= 2]
-        if not eligible:
-            continue
-        if skip > 0:
-            skip -= 1
-            continue
-        rows = eligible[0]
-        rows = sorted(rows, key=lambda r: natural_key(r["sighting"]))[:max_per_flank]
-        chosen += [Annotation(labels_csv.parent / r["path"], name, None, {"side": r["side"], "sighting": r["sighting"]})
-                   for r in rows]
-        kept += 1
-        if kept == individuals:
-            break
-    return chosen
 
 
 # ============================================================================ matching (cached)
@@ -121,10 +91,7 @@ class PairMatches:
                             else np.zeros(0, np.float32)),
             "seconds": np.float64(self.seconds), "meta": np.array(json.dumps(meta)),
         }
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(handle, "wb") as out:
-            np.savez_compressed(out, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda out: np.savez_compressed(out, **arrays))
 
     @classmethod
     def load(cls, path: Path, meta: dict) -> Optional["PairMatches"]:
@@ -139,7 +106,7 @@ class PairMatches:
                        np.split(data["confidences"], splits), float(data["seconds"]))
 
 
-def match_subset(feats: Sequence[dict], groups: Sequence[str], config: core.LightGlueConfig, cache: Path,
+def match_subset(feats: Sequence[dict], groups: Sequence[str], config: core.Config, cache: Path,
                  meta: dict, progress: bool = True, checkpoint_every: int = 8) -> PairMatches:
     """Match each same-group pair once (resuming from ``cache``; checkpointed every few queries)."""
     from tqdm.auto import tqdm
@@ -148,8 +115,7 @@ def match_subset(feats: Sequence[dict], groups: Sequence[str], config: core.Ligh
     done = PairMatches(np.zeros((0, 2), np.int64), [], [], 0.0) if found is None else found
     done_queries = {int(i) for i in done.pairs[:, 0]} if len(done.pairs) else set()
     n = len(feats)
-    todo = [i for i in range(n) if i not in done_queries
-            and any(groups[j] == groups[i] for j in range(i + 1, n))]
+    todo = [i for i in range(n) if i not in done_queries and later_partners(i, n, groups)]
     pairs, matches, confs = [tuple(p) for p in done.pairs], list(done.matches), list(done.confidences)
     seconds = done.seconds
     if todo:
@@ -158,7 +124,7 @@ def match_subset(feats: Sequence[dict], groups: Sequence[str], config: core.Ligh
         core.get_matcher(config)  # load the weights outside the matching time
     bar = tqdm(todo, desc=f"match {config['max_num_keypoints']} kp", unit="query", disable=not progress)
     for count, i in enumerate(bar, start=1):
-        partners = [j for j in range(i + 1, n) if groups[j] == groups[i]]
+        partners = later_partners(i, n, groups)
         start = time.perf_counter()
         results = core.match_pairs(feats[i], [feats[j] for j in partners], config, return_matches=True)
         seconds += time.perf_counter() - start
@@ -224,7 +190,7 @@ def variant_scores(feats: Sequence[dict], labels: Sequence[str], groups: Sequenc
     """Every variant's n x n score matrix (row = query; NaN = not compared)."""
     n = len(feats)
     om = oriented_matches(pm, inliers)
-    database = {q: [j for j in range(n) if j != q and groups[j] == groups[q]] for q in range(n)}
+    database = {q: [j for j in range(n) if j != q and same_group(groups, q, j)] for q in range(n)}
     df_photos, df_names, idf_photo = {}, {}, {}
     for q in range(n):
         df_photos[q], df_names[q] = document_frequency(q, feats, om, database[q], labels)
@@ -244,11 +210,8 @@ def variant_scores(feats: Sequence[dict], labels: Sequence[str], groups: Sequenc
             # the database photo's own distinctiveness, without the query's contribution
             # (log((1 + N - 1) / (1 + df - 1)): the query is one of j's database photos and matched these)
             idf_db = np.log(len(database[j]) / np.maximum(df_photos[j][o.d], 1))
-            values = {
-                "confidence_sum": o.conf.sum(),
-                "match_count": float(np.count_nonzero(o.conf > MATCH_THRESHOLD)),
-                "inlier_count": float(np.count_nonzero(o.inlier)),
-                "inlier_confidence_sum": o.conf[o.inlier].sum(),
+            values = {  # the engine's own scores, then the experimental variants
+                **{name: core.score_of_matches(name, o.conf, o.inlier, MATCH_THRESHOLD) for name in core.SCORE_NAMES},
                 "kpscore_weighted": (o.conf * np.sqrt(kp_scores[q][o.q] * kp_scores[j][o.d])).sum(),
                 "lnbnn_t3": np.maximum(o.conf - t_best[o.q], 0).sum(),
                 "idf_photos": (o.conf * idf_photo[q][o.q]).sum(),
@@ -272,13 +235,12 @@ def run_keypoints(annots: List[Annotation], keypoints: int, output: Path, image_
                   screen: Sequence[float] = (core.DEFAULTS["screen_layer"], core.DEFAULTS["screen_score"]),
                   ) -> Dict[str, dict]:
     """Match (or load) one keypoint count, evaluate every variant x name score, save per-query reports."""
-    config = core.LightGlueConfig({"max_num_keypoints": keypoints, "image_size": image_size,
+    config = core.Config({"max_num_keypoints": keypoints, "image_size": image_size,
                                    "screen_layer": int(screen[0]), "screen_score": float(screen[1]),
                                    **({"device": device} if device else {})})
     logger.info("config %s", config.to_dict())
-    kept, feats, keys, report = annotation_features(annots, FeatureStore(cache_dir), config, progress=progress)
-    if len(kept) != len(annots):
-        raise RuntimeError(f"{len(annots) - len(kept)} photos could not be read: {report.failed}")
+    stored = subset_features(annots, config, cache_dir, progress)
+    feats, keys = stored.features, stored.keys
     labels = [a.individual for a in annots]
     groups = [a.attributes["side"] for a in annots]
     ids = [a.name for a in annots]
@@ -306,11 +268,6 @@ def run_keypoints(annots: List[Annotation], keypoints: int, output: Path, image_
     results["_run"] = {"pairs": len(pm.pairs), "match_seconds": pm.seconds, "photos": len(annots),
                        "individuals": len(set(labels)), "answerable": rep.num_answerable}
     return results
-
-
-def summary_row(report: EvaluationReport) -> dict:
-    return {"rank1": report.cmc[1], "rank5": report.cmc[5], "mAP": report.mean_average_precision,
-            "answerable": report.num_answerable}
 
 
 def markdown_table(summary: Dict[int, Dict[str, dict]], extra_rows: Sequence[Tuple[str, dict]] = ()) -> str:

@@ -24,41 +24,28 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+from bench_common import (
+    DEFAULT_INDIVIDUALS,
+    DEFAULT_MAX_PER_FLANK,
+    NYALA,
+    RESULTS,
+    score_matrix,
+    select_subset,
+    subset_features,
+)
 
 from wbia_lightglue import core
-from wbia_lightglue.evaluation import evaluate_scores
-from wbia_lightglue.matcher import BatchedLightGlue, confidence_sums
-from wbia_lightglue.store import FeatureStore, annotation_features
-
-import quality_nyala
+from wbia_lightglue.engine.match_types import LayerScores
+from wbia_lightglue.evaluation.protocol import evaluate_scores, later_partners
 
 logger = logging.getLogger("wbia_lightglue")
 
-DEFAULT_OUTPUT = quality_nyala.ROOT / "benchmarks" / "results" / "screen_nyala"
+DEFAULT_OUTPUT = RESULTS / "screen_nyala"
 LAYERS = (1, 2, 3)
 THRESHOLDS = (0.5, 1, 2, 3, 4, 6, 8, 10, 12, 15)
 
 
-class TracingLightGlue(BatchedLightGlue):
-    """The product matcher, recording every active pair's confidence sum after every layer."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.trace: Dict[int, Dict[int, float]] = {}  # id(database feature dict) -> {layer: score}
-
-    def _match_batch(self, query_side, feats, *args, **kwargs):
-        self._batch = feats
-        return super()._match_batch(query_side, feats, *args, **kwargs)
-
-    def _screen(self, i, side0, side1, pair, threshold, screen, return_matches, results):
-        _, mscores0, valid0 = self._assignment(i, side0, side1, threshold)
-        totals = confidence_sums(mscores0, valid0).tolist()
-        for row, total in zip(pair.tolist(), totals):
-            self.trace.setdefault(id(self._batch[row]), {})[i + 1] = total
-        return super()._screen(i, side0, side1, pair, threshold, screen, return_matches, results)
-
-
-def trace_subset(feats: Sequence[dict], groups: Sequence[str], config: core.LightGlueConfig, cache: Path,
+def trace_subset(feats: Sequence[dict], groups: Sequence[str], config: core.Config, cache: Path,
                  meta: dict) -> Dict[str, np.ndarray]:
     """pairs (P x 2), final score, stop layer and per-layer scores (P x n_layers, NaN = not run)."""
     if cache.is_file():
@@ -67,22 +54,28 @@ def trace_subset(feats: Sequence[dict], groups: Sequence[str], config: core.Ligh
                 return {k: data[k] for k in ("pairs", "final", "stop", "layers", "seconds")}
     from tqdm.auto import tqdm
 
-    matcher = TracingLightGlue(core.get_lightglue(core.resolve_device(config)), core.resolve_device(config))
+    exact = config.replace(screen_layer=0)
+    matcher = core.get_matcher(exact)  # the product's matcher, upstream's exact forward
+    settings = core.match_settings(exact)
     n_layers = matcher.n_layers
     pairs, final, stop, layers = [], [], [], []
     seconds = 0.0
     for i in tqdm(range(len(feats)), desc=f"trace {config['max_num_keypoints']} kp", unit="query"):
-        partners = [j for j in range(i + 1, len(feats)) if groups[j] == groups[i]]
+        partners = later_partners(i, len(feats), groups)
         if not partners:
             continue
-        matcher.trace = {}
+        trace: Dict[int, Dict[int, float]] = {}  # position among the partners -> {layer: confidence sum}
+
+        def record(scores: LayerScores, trace: Dict[int, Dict[int, float]] = trace) -> None:
+            for position, total in zip(scores.positions, scores.confidence_sums):
+                trace.setdefault(position, {})[scores.layer] = total
+
         start = time.perf_counter()
-        results = matcher.match(feats[i], [feats[j] for j in partners], config["depth_confidence"],
-                                config["width_confidence"], config["filter_threshold"], screen=(0, 0.0))
+        results = matcher.match(feats[i], [feats[j] for j in partners], settings, layer_hook=record)
         seconds += time.perf_counter() - start
-        for j, result in zip(partners, results):
+        for position, (j, result) in enumerate(zip(partners, results)):
             per_layer = np.full(n_layers, np.nan)
-            for layer, value in matcher.trace.get(id(feats[j]), {}).items():
+            for layer, value in trace.get(position, {}).items():
                 per_layer[layer - 1] = value
             per_layer[result.stop_layer - 1] = result.score
             pairs.append((i, j))
@@ -104,19 +97,11 @@ def replay(trace: Dict[str, np.ndarray], layer: int, threshold: float):
     return scores, int(work), int(screened.sum())
 
 
-def score_matrix(n: int, pairs: np.ndarray, values: np.ndarray) -> np.ndarray:
-    matrix = np.full((n, n), np.nan)
-    matrix[pairs[:, 0], pairs[:, 1]] = values
-    matrix[pairs[:, 1], pairs[:, 0]] = values
-    return matrix
-
-
 def run_keypoints(annots, keypoints: int, output: Path, layers: Sequence[int], thresholds: Sequence[float],
                   cache_dir) -> List[dict]:
-    config = core.LightGlueConfig({"max_num_keypoints": keypoints})
-    kept, feats, keys, _ = annotation_features(annots, FeatureStore(cache_dir), config, progress=False)
-    if len(kept) != len(annots):
-        raise RuntimeError("some photos could not be read")
+    config = core.Config({"max_num_keypoints": keypoints})
+    stored = subset_features(annots, config, cache_dir, progress=False)
+    feats, keys = stored.features, stored.keys
     labels = [a.individual for a in annots]
     groups = [a.attributes["side"] for a in annots]
     meta = {"photos": keys, "groups": groups, "match_fingerprint": config.match_fingerprint}
@@ -148,8 +133,8 @@ def main(argv=None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--keypoints", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--individuals", type=int, default=quality_nyala.DEFAULT_INDIVIDUALS)
-    parser.add_argument("--max-per-flank", type=int, default=quality_nyala.DEFAULT_MAX_PER_FLANK)
+    parser.add_argument("--individuals", type=int, default=DEFAULT_INDIVIDUALS)
+    parser.add_argument("--max-per-flank", type=int, default=DEFAULT_MAX_PER_FLANK)
     parser.add_argument("--skip-individuals", type=int, default=0,
                         help="start after this many eligible individuals (40: the held-out set; use its own --output)")
     parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
@@ -157,7 +142,7 @@ def main(argv=None) -> List[dict]:
     parser.add_argument("--cache-dir", type=Path)
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    annots = quality_nyala.select_subset(quality_nyala.NYALA, args.individuals, args.max_per_flank,
+    annots = select_subset(NYALA, args.individuals, args.max_per_flank,
                                          args.skip_individuals)
     rows = []
     for k in args.keypoints:

@@ -56,6 +56,7 @@ from .engine.scoring import (
     match_settings,
     name_scores,
     pair_score,
+    score_of_matches,
 )
 
 __all__ = [
@@ -67,5 +68,5 @@ __all__ = [
     "MODELS", "ModelRegistry", "get_extractor", "get_lightglue", "get_matcher", "matcher_dtype", "resolve_device",
     "FeatureCache", "get_feature_cache", "invalidate_features",
     "FeatureMismatchError", "check_features", "geometric_inliers", "match_pairs", "match_scores", "match_settings",
-    "name_scores", "pair_score",
+    "name_scores", "pair_score", "score_of_matches",
 ]

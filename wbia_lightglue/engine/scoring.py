@@ -5,11 +5,11 @@ score per database entry in input order. ``name_scores`` aggregates annotation s
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import NAME_SCORES, Config, ConfigError, ConfigLike, resolve_config
+from .config import NAME_SCORES, SCORE_NAMES, Config, ConfigError, ConfigLike, resolve_config
 from .match_types import MatchResult, MatchSettings
 from .models import DeviceLike, get_matcher
 
@@ -88,12 +88,27 @@ def pair_score(result: MatchResult, query_features: Mapping[str, Any], database_
         return float(result.score)
     if result.matches is None or result.confidences is None:
         raise ValueError(f"score {method!r} needs the matches: match with return_matches=True")
+    inliers = None
+    if method in ("inlier_count", "inlier_confidence_sum"):
+        inliers = geometric_inliers(query_features["keypoints"], database_features["keypoints"], result.matches)
+    return score_of_matches(method, result.confidences, inliers, config["score_match_threshold"])
+
+
+def score_of_matches(method: str, confidences: np.ndarray, inliers: Optional[np.ndarray] = None,
+                     match_threshold: float = 0.5) -> float:
+    """A pair score (one of SCORE_NAMES) from its matches' confidences [K] and, for the inlier scores,
+    their geometric inlier mask [K]."""
+    if method == "confidence_sum":
+        return float(np.sum(confidences, dtype=np.float64))
     if method == "match_count":
-        return float(np.count_nonzero(result.confidences > config["score_match_threshold"]))
-    inliers = geometric_inliers(query_features["keypoints"], database_features["keypoints"], result.matches)
+        return float(np.count_nonzero(confidences > match_threshold))
+    if inliers is None:
+        raise ValueError(f"score {method!r} needs the geometric inlier mask of the matches")
     if method == "inlier_count":
         return float(np.count_nonzero(inliers))
-    return float(result.confidences[inliers].sum())
+    if method == "inlier_confidence_sum":
+        return float(np.sum(confidences[inliers], dtype=np.float64))
+    raise ConfigError(f"score {method!r}; expected one of {', '.join(SCORE_NAMES)}")
 
 
 MIN_GEOMETRY_MATCHES = 8
