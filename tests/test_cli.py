@@ -326,3 +326,6 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert report["num_answerable"] == 18 and report["cmc"]["1"] >= 0.8
     pictures = list((tmp_path / "demo" / "matches").glob("*.png"))
     assert len(pictures) == 3 and all(cv2.imread(str(p)) is not None for p in pictures)
+    page = tmp_path / "demo" / "report.html"  # test_report.py renders a demo's page in Chromium
+    assert f"report: {page} (18 photos with their top 3 candidates" in out
+    assert page.read_text().count('<section class="query') == 18
