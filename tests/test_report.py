@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from browser import Browser, find_chromium
+from conftest import run_captured
 from images import textured_chip, warp
 from test_cli import TINY, run_cli, tiny_config
 
@@ -85,28 +86,11 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("report data") / "field trip 2026"
     labels = write_dataset(root)
     out = root / "evaluation out"
-    capsys = _Capture()
-    code, stdout, err = run_cli(capsys, "evaluate", labels, "--output", out, "--group-by", "side", "--top", "2",
-                                "--cache-dir", root / "store", *TINY)
+    code, stdout, err = run_captured(["evaluate", labels, "--output", out, "--group-by", "side", "--top", "2",
+                                      "--cache-dir", root / "store", *TINY])
     assert code == 0, err
     assert "corrupt.png" in err
     return out, json.loads((out / "report.json").read_text()), stdout
-
-
-class _Capture:
-    """run_cli's capsys for a module-scoped fixture: main() prints to sys.stdout/stderr, captured here."""
-
-    def __init__(self):
-        import io
-        import sys
-
-        self._sys, self._out, self._err = sys, io.StringIO(), io.StringIO()
-        self._saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = self._out, self._err
-
-    def readouterr(self):
-        self._sys.stdout, self._sys.stderr = self._saved
-        return self._out.getvalue(), self._err.getvalue()
 
 
 # ----------------------------------------------------------------------------- evaluate's page
@@ -213,11 +197,11 @@ def test_page_without_photos_or_features(tmp_path, browser):
 
 # ----------------------------------------------------------------------------- the demo's page
 @pytest.mark.slow
-def test_demo_page_in_chromium(tmp_path, browser, capsys):
+def test_demo_page_in_chromium(demo_run, browser):
     """The demo prints where its page is; the page holds all 18 photos with 3 candidates each, all drawn."""
-    code, out, err = run_cli(capsys, "demo", "--output", tmp_path / "demo out", *TINY)
+    code, out, err, folder = demo_run  # the session's one demo run (conftest.py)
     assert code == 0, err
-    page_path = tmp_path / "demo out" / "report.html"
+    page_path = folder / "report.html"
     assert f"report: {page_path}" in out
     facts = look_at(browser, page_path)
     assert facts["errors"] == [] and facts["broken"] == []
@@ -238,3 +222,31 @@ def test_page_sizes_are_bounded(tmp_path):
     photo = drawer.photo(annot)
     assert max(photo.image.shape[:2]) == html_report.PREVIEW_PX
     assert np.allclose(photo.keypoints(np.array([[2399.5, 1799.5]])), [[399.5, 299.5]], atol=1)
+
+
+def test_evaluation_queries_follow_the_protocol():
+    """Candidates come from the score matrix in the protocol's order: ties count against the query, the true
+    individual's place is its rank, errors come first and unanswerable queries last."""
+    from wbia_lightglue.data.dataset import Dataset
+    from wbia_lightglue.data.store import StoreReport
+    from wbia_lightglue.evaluation.datasets import DatasetScores
+    from wbia_lightglue.evaluation.protocol import evaluate_scores
+
+    labels = ["A", "A", "B", "B", "C"]
+    annots = [Annotation(Path(f"/x/{label}{k}.png"), label) for k, label in enumerate(labels)]
+    scores = np.array([[np.nan, 5, 5, 1, 2],  # A0: A1 and B2 tie at 5 -> B first, A at rank 2 (an error)
+                       [5, np.nan, 1, 1, 0],
+                       [5, 1, np.nan, 9, 0],
+                       [1, 1, 9, np.nan, 3],
+                       [2, 0, 0, 3, np.nan]])  # C4: no other C -> skipped, but it still has candidates
+    scored = DatasetScores(Dataset(Path("/x"), annots), scores, None, StoreReport())
+    report = evaluate_scores(scores, labels, ids=[a.name for a in annots])
+    queries = html_report.evaluation_queries(scored, report, top=5)
+    assert [q.annotation.name for q in queries] == ["x/A0.png", "x/A1.png", "x/B2.png", "x/B3.png", "x/C4.png"]
+    assert [q.status for q in queries] == ["error", "correct", "correct", "correct", "skipped"]
+    first = queries[0]
+    assert [c.individual for c in first.candidates] == ["B", "A", "C"] and first.true_rank == 2
+    assert [c.truth for c in first.candidates] == [False, True, False]
+    assert first.candidates[0].annotation.name == "x/B2.png"  # B's best photo for A0 (5 > 1)
+    assert queries[-1].skipped == "no other sighting" and queries[-1].candidates[0].individual == "B"
+    assert [c.rank for c in queries[-1].candidates] == [1, 2]

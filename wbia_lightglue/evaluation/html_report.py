@@ -504,7 +504,7 @@ section.query h2 { font-size: 1.05em; margin: .3em 0 .5em; }
          background: #eee; }
 .status-error .badge { background: #fde0e0; color: #8e0000; } .status-correct .badge { background: #dff3e0;
   color: #1b5e20; }
-.query-body { display: flex; gap: 1em; align-items: flex-start; }
+.query-body { display: flex; gap: 1em; align-items: flex-start; } .query-photo { flex: 0 0 auto; }
 .query-photo figcaption, .caption { font-size: .8em; color: #666; word-break: break-all; max-width: 240px; }
 table.candidates td { border-top: 1px solid #eee; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.truth td.name { font-weight: 700; } .truth-mark { font-size: .75em; color: #1b5e20; background: #dff3e0;
