@@ -18,6 +18,33 @@ def photos():
     return {p.stem: cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".jpg", ".png")}
 
 
+def run_captured(argv):
+    """``wbia-lightglue ARGV`` in-process with stdout/stderr captured: (exit code, stdout, stderr).
+
+    For session- and module-scoped fixtures, where pytest's capsys is not available.
+    """
+    import contextlib
+    import io
+
+    from wbia_lightglue import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The built-in demo, run once per session with its own settings on CPU: (code, stdout, stderr, folder).
+
+    The output folder has a space in its name (reports must cope with such paths).
+    """
+    folder = tmp_path_factory.mktemp("demo") / "demo out"
+    code, out, err = run_captured(["demo", "--output", folder, "--device", "cpu", "-q"])
+    return code, out, err, folder
+
+
 @pytest.fixture(scope="session")
 def nyala_dir():
     if not (NYALA / "labels.csv").is_file():

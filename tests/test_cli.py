@@ -318,11 +318,12 @@ def test_synthetic_population_is_deterministic_and_distinct():
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "demo", "--output", tmp_path / "demo", "--device", "cpu", "-q")
+def test_demo_runs_end_to_end(demo_run):
+    code, out, err, folder = demo_run  # the session's one demo run (conftest.py)
     assert code == 0, err
     assert "demo finished: Rank-1" in out.splitlines()[-1]
-    report = json.loads((tmp_path / "demo" / "evaluation" / "report.json").read_text())
+    report = json.loads((folder / "evaluation" / "report.json").read_text())
     assert report["num_answerable"] == 18 and report["cmc"]["1"] >= 0.8
-    pictures = list((tmp_path / "demo" / "matches").glob("*.png"))
+    pictures = list((folder / "matches").glob("*.png"))
     assert len(pictures) == 3 and all(cv2.imread(str(p)) is not None for p in pictures)
+    assert f"report: {folder / 'report.html'} (18 photos with their top 3 candidates" in out  # test_report.py

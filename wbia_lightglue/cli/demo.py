@@ -4,7 +4,9 @@
 2. scores every pair once and evaluates 1-vs-all identification (the evaluation protocol: Rank-1/5,
    mAP, report.json, cmc.png);
 3. prints identify's ranking of a few query photos against the rest (from the same scores: no rematching);
-4. draws each query's correspondences with its top-ranked annotation.
+4. draws each query's correspondences with its top-ranked annotation;
+5. writes ``report.html``: the evaluation as a self-contained page (every photo with its top candidates and
+   their match pictures; evaluation.html_report) and prints its path.
 
 Runs on CPU in well under two minutes with the demo's settings (512 keypoints, 384 px images).
 """
@@ -14,11 +16,13 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Union
+from typing import Any, Callable, List, Optional, Union
 
 from ..data import synthetic
 from ..data.dataset import load_dataset
+from ..data.store import FeatureStore
 from ..engine.config import ConfigLike, resolve_config
+from ..evaluation import html_report
 from ..evaluation.datasets import evaluate, save, score_dataset
 from . import identify
 from . import match as match_pair
@@ -31,6 +35,7 @@ DEMO_CONFIG = {"max_num_keypoints": 512, "image_size": 384}
 NUM_INDIVIDUALS = 6
 PHOTOS_PER_INDIVIDUAL = 3
 NUM_QUERIES = 3
+REPORT_TOP = 3  # candidates drawn per photo in report.html
 
 
 @dataclass
@@ -40,6 +45,7 @@ class DemoSummary:
     queries_correct: int  # of the identified queries, how many ranked their own individual first
     num_queries: int
     match_images: List[Path] = field(default_factory=list)
+    report: Optional[html_report.ReportSummary] = None
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -99,6 +105,11 @@ def main(
         summary.match_images.append(pair.output)
         echo(f"  {pair.num_matches} matches with {best.annotation}; drawn in {pair.output}")
 
+    summary.report = html_report.evaluation_report(
+        output / "report.html", scored, report, config, cmc_png=output / "evaluation" / "cmc.png", top=REPORT_TOP,
+        store=FeatureStore(cache_dir), title="synthetic demo", progress=progress)
+    echo(f"\nreport: {summary.report.path} ({summary.report.shown} photos with their top {REPORT_TOP} candidates, "
+         f"{summary.report.size_bytes / 2**20:.1f} MB; open it in a browser)")
     echo(f"\ndemo finished: Rank-1 {100 * summary.rank1:.1f}% (mAP {summary.mean_average_precision:.3f}) over "
          f"{report.num_answerable} photos of {len(dataset.individuals)} individuals; "
          f"{summary.queries_correct}/{summary.num_queries} example queries correct; results in {output}")

@@ -1,6 +1,8 @@
 """``wbia-lightglue evaluate``: 1-vs-all CMC and mAP on a labelled dataset (the evaluation protocol).
 
-Writes ``<output>/report.json`` (summary, per-query rows, run metadata) and ``<output>/cmc.png``.
+Writes ``<output>/report.json`` (summary, per-query rows, run metadata), ``<output>/cmc.png`` and
+``<output>/report.html`` (a self-contained page: summary, CMC, every query marked correct or wrong, errors
+first, the first ``--report-queries`` of them drawn with their ``--top`` candidates; evaluation.html_report).
 """
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from ..data.dataset import Dataset, limit_individuals, load_dataset
+from ..data.store import FeatureStore
 from ..engine.config import ConfigLike, resolve_config
+from ..evaluation import html_report
+from ..evaluation.calibration import load_calibration
 from ..evaluation.datasets import evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
-from .common import config_from_args, features_line
+from .common import UsageError, check_top, config_from_args, features_line
 
 DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
 
@@ -25,16 +30,28 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                      help="only the first N individuals (natural order; random with --seed)")
     cmd.add_argument("--seed", type=int, help="pick the --limit-individuals subset at random with this seed")
     cmd.add_argument("--group-by", metavar="COLUMN", help="compare only annotations with equal COLUMN (e.g. side)")
+    cmd.add_argument("--top", type=int, default=html_report.DEFAULT_TOP, metavar="K",
+                     help=f"candidates drawn per query in report.html (default {html_report.DEFAULT_TOP})")
+    cmd.add_argument("--report-queries", type=int, default=html_report.DEFAULT_MAX_QUERIES, metavar="N",
+                     help="queries drawn in report.html, errors first (default "
+                          f"{html_report.DEFAULT_MAX_QUERIES}; 0: summary and table only)")
     cmd.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    check_top(args)
+    if args.report_queries < 0:
+        raise UsageError(f"--report-queries must be 0 or more, got {args.report_queries}")
     report = main(args.dataset, args.output, config_from_args(args), limit=args.limit_individuals,
-                  seed=args.seed, group_by=args.group_by, cache_dir=args.cache_dir, progress=not args.quiet)
+                  seed=args.seed, group_by=args.group_by, cache_dir=args.cache_dir, progress=not args.quiet,
+                  top=args.top, report_queries=args.report_queries)
     feats = report.meta["features"]
     print(features_line(feats["loaded"], feats["extracted"], feats["skipped"]))
     print(report.table())
-    print(f"wrote {args.output / 'report.json'} and {args.output / 'cmc.png'}")
+    page = report.meta["html_report"]
+    print(f"wrote {args.output / 'report.json'}, {args.output / 'cmc.png'} and {page['path']} "
+          f"({page['size_bytes'] / 2**20:.1f} MB, {page['shown']} of {page['num_queries']} queries drawn, "
+          f"{page['seconds']:.1f} s)")
 
 
 def main(
@@ -48,6 +65,8 @@ def main(
     ranks: Sequence[int] = DEFAULT_RANKS,
     cache_dir: Union[str, Path, None] = None,
     progress: bool = True,
+    top: int = html_report.DEFAULT_TOP,
+    report_queries: int = html_report.DEFAULT_MAX_QUERIES,
 ) -> EvaluationReport:
     """Score every comparable pair of ``dataset`` once, evaluate every answerable query, write the outputs.
 
@@ -55,6 +74,8 @@ def main(
         limit: keep only this many individuals (the first in natural order, or a choice seeded by ``seed``).
         group_by: an attribute (CSV column) whose value must match for two annotations to be compared,
             e.g. ``side`` for flank photos.
+        top, report_queries: candidates per query and queries drawn in ``report.html`` (what was written
+            is in ``meta["html_report"]``).
     """
     config = resolve_config(config)
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
@@ -62,4 +83,10 @@ def main(
     scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
     report = evaluate(scored, config, ranks, group_by=group_by, limit_individuals=limit, seed=seed)
     save(report, output, label=data.source.stem)
+    page = html_report.evaluation_report(
+        Path(output) / "report.html", scored, report, config, cmc_png=Path(output) / "cmc.png", top=top,
+        max_queries=report_queries, calibration=load_calibration(config), store=FeatureStore(cache_dir),
+        title=data.source.name, progress=progress)
+    report.meta["html_report"] = {"path": str(page.path), "num_queries": page.num_queries, "shown": page.shown,
+                                  "size_bytes": page.size_bytes, "seconds": round(page.seconds, 2)}
     return report

@@ -4,7 +4,8 @@ Each database annotation is matched with LightGlue against the query (config ``s
 annotation scores are aggregated per individual (config ``name_score``), and individuals are ranked by
 that score; each row also names the individual's best-matching annotation. When the config has a
 calibration (``wbia-lightglue calibrate``), each row also carries ``probability``: P(same individual)
-of that best-matching annotation's raw score.
+of that best-matching annotation's raw score. ``--report PATH`` writes a self-contained HTML page: the query,
+its top candidates with their photos and the match pictures (evaluation.html_report).
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..data.dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
 from ..data.files import atomic_write_text
 from ..data.store import FeatureStore, annotation_features
 from ..engine.config import ConfigLike, resolve_config
 from ..engine.scoring import match_scores, name_scores
+from ..evaluation import html_report
 from ..evaluation.calibration import Calibration, load_calibration
 from .common import check_top, config_from_args, features_line
 
@@ -48,6 +50,7 @@ class Identification:
     loaded: int = 0  # features read from the store (query included)
     extracted: int = 0  # features computed in this run
     skipped: List[str] = field(default_factory=list)
+    report: Optional[html_report.ReportSummary] = None  # the HTML page, when one was asked for
 
     def table(self, top: Optional[int] = DEFAULT_TOP) -> str:
         rows = self.candidates[:top] if top else self.candidates
@@ -72,15 +75,20 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K", help="rows to show/write")
     cmd.add_argument("--json", type=Path, metavar="PATH", help="write the ranking as JSON")
     cmd.add_argument("--csv", type=Path, metavar="PATH", help="write the ranking as CSV")
+    cmd.add_argument("--report", type=Path, metavar="HTML",
+                     help="write a self-contained HTML page: the top K candidates with photos and match pictures")
     cmd.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     check_top(args)
     result = main(args.query, args.database, config_from_args(args), top=args.top, cache_dir=args.cache_dir,
-                  json_path=args.json, csv_path=args.csv, progress=not args.quiet)
+                  json_path=args.json, csv_path=args.csv, report_path=args.report, progress=not args.quiet)
     print(features_line(result.loaded, result.extracted, result.skipped))
     print(result.table(args.top))
+    if result.report is not None:
+        print(f"wrote {result.report.path} ({result.report.size_bytes / 2**20:.1f} MB, "
+              f"{result.report.seconds:.1f} s)")
 
 
 def rank_individuals(
@@ -92,16 +100,22 @@ def rank_individuals(
     With a ``calibration`` each row carries the probability of its best annotation's raw score.
     """
     per_name = name_scores(annot_scores, [a.individual for a in annotations], method)
-    best: Dict[str, Tuple[float, Annotation]] = {}
-    for score, annot in zip(annot_scores, annotations):
-        if annot.individual not in best or score > best[annot.individual][0]:
-            best[annot.individual] = (score, annot)
+    best = best_annotations(annot_scores, annotations)
     order = sorted(per_name, key=lambda name: (-per_name[name], natural_key(name)))
     def probability(score: float) -> Optional[float]:
         return None if calibration is None else float(calibration.probability(score))
 
-    return [Candidate(rank, name, best[name][1].name, per_name[name], str(best[name][1].path),
-                      probability(best[name][0])) for rank, name in enumerate(order, start=1)]
+    return [Candidate(rank, name, annotations[best[name]].name, per_name[name], str(annotations[best[name]].path),
+                      probability(annot_scores[best[name]])) for rank, name in enumerate(order, start=1)]
+
+
+def best_annotations(annot_scores: Sequence[float], annotations: Sequence[Annotation]) -> Dict[str, int]:
+    """Per individual, the position of its best-scoring annotation (the first one on a tie)."""
+    best: Dict[str, int] = {}
+    for pos, (score, annot) in enumerate(zip(annot_scores, annotations)):
+        if annot.individual not in best or score > annot_scores[best[annot.individual]]:
+            best[annot.individual] = pos
+    return best
 
 
 def main(
@@ -113,13 +127,15 @@ def main(
     cache_dir: Union[str, Path, None] = None,
     json_path: Union[str, Path, None] = None,
     csv_path: Union[str, Path, None] = None,
+    report_path: Union[str, Path, None] = None,
     progress: bool = True,
 ) -> Identification:
     """Rank the individuals of ``database`` (folder or CSV) for the photo ``query``.
 
     The query photo itself is left out of the database when it is part of it (same file contents and
     crop), so a database photo can be used as a query. ``json_path``/``csv_path`` receive the ``top``
-    rows (all rows when ``top`` is None).
+    rows (all rows when ``top`` is None); ``report_path`` an HTML page of the ``top`` candidates
+    (DEFAULT_TOP when ``top`` is None), matched again with ``return_matches`` for their pictures.
     """
     config = resolve_config(config)
     logger.info("identify %s against %s (config %s)", query, database, config.fingerprint)
@@ -138,7 +154,8 @@ def main(
         raise DatasetError(f"database {dataset.source} has no usable annotation besides the query")
     annots, feats = [stored.annotations[i] for i in others], [stored.features[i] for i in others]
     scores = match_scores(query_stored.features[0], feats, config, progress=progress)
-    ranking = rank_individuals(scores, annots, config["name_score"], load_calibration(config))
+    calibration = load_calibration(config)
+    ranking = rank_individuals(scores, annots, config["name_score"], calibration)
     result = Identification(str(query), ranking,
                             loaded=q_report.loaded + report.loaded, extracted=q_report.extracted + report.extracted,
                             skipped=report.failed)
@@ -148,6 +165,15 @@ def main(
         atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
     if csv_path is not None:
         _write_csv(csv_path, result.candidates[:top] if top else result.candidates)
+    if report_path is not None:
+        best = best_annotations(scores, annots)
+        shown = [html_report.ShownCandidate(c.rank, c.individual, annots[best[c.individual]], c.score,
+                                            c.probability, feats[best[c.individual]])
+                 for c in ranking[:top or DEFAULT_TOP]]
+        query_shown = html_report.ShownQuery(query_annot, shown, query_stored.features[0])
+        result.report = html_report.identification_report(
+            report_path, query_shown, config, database=str(dataset.source), compared=len(annots),
+            skipped=report.failed, calibration=calibration)
     return result
 
 
