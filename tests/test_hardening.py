@@ -3,19 +3,36 @@ warning naming it, a one-line error before any expensive work, or a retry; nothi
 
 The WBIA web routes' share is in test_plugin_wbia.py (it needs the real database fixture).
 """
+import errno
+import io
 import json
 import logging
 import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
 import threading
+import time
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from images import textured_chip
 
 from wbia_lightglue import cli, core
 from wbia_lightglue.core import ConfigError, load_config
+from wbia_lightglue.data import dataset as dataset_module
+from wbia_lightglue.data import images, store
+from wbia_lightglue.data.dataset import DatasetError, load_dataset, natural_key
+from wbia_lightglue.data.files import read_regular_file
+from wbia_lightglue.data.images import ImageReadError, decode_image, read_image_bytes
+from wbia_lightglue.data.store import FeatureStore, content_key
 from wbia_lightglue.evaluation import calibration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +207,432 @@ def test_calibration_path_that_is_a_fifo_or_folder_is_ignored(tmp_path, caplog):
         with caplog.at_level(logging.WARNING, "wbia_lightglue"):
             assert finishes(lambda path=path: calibration.load_calibration(config, path)) is None
         assert "not a regular file" in caplog.text
+
+# ============================================================================ image files
+def png_bytes(width: int, height: int, rows: bytes = b"", depth: int = 8, colour: int = 0) -> bytes:
+    """A PNG with the given header; ``rows`` is the raw scanline data to compress (a bomb: all zeros)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+    return head + chunk(b"IDAT", zlib.compress(rows or b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def zero_png_bomb(side: int) -> bytes:
+    """A grey PNG of side x side pixels whose file is tiny: its rows are zeros, compressed streaming."""
+    comp, parts, row = zlib.compressobj(9), [], b"\x00" * (side + 1)
+    for _ in range(side):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header is rewritten to claim width x height (decodes to that size)."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, size", [
+    (png_bytes(40000, 40000), "40000x40000"),  # above OpenCV's 2**30: cv2.error escaped before
+    (jpeg_claiming(30000, 30000), "30000x30000"),  # 600 bytes that OpenCV decodes to 2.7 GB
+    (zero_png_bomb(13000), "13000x13000"),  # a real 170 KB bomb of 169 megapixels
+])
+def test_pixel_budget_is_checked_from_the_header_before_decoding(monkeypatch, data, size):
+    assert len(data) < 200_000
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))
+    with pytest.raises(ImageReadError, match=rf"bomb.png is {size} \([\d,.]+ megapixels\), above the pixel budget"):
+        decode_image(data, "bomb.png")
+    assert decoded == []  # refused from the header: never decoded
+
+
+def test_pixel_budget_is_configurable_and_skips_with_a_warning(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(store, "extract_features", fake_extract)
+    small = write_png(tmp_path / "small.png", textured_chip(1, (60, 80)))
+    large = write_png(tmp_path / "large.png", textured_chip(2, (120, 160)))
+    assert decode_image(large.read_bytes(), large).shape == (120, 160, 3)  # default budget: fine
+    with pytest.raises(ImageReadError, match=r"160x120 \(19,200 pixels\), above the pixel budget of 10,000 pixels"):
+        decode_image(large.read_bytes(), large, max_pixels=10_000)
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        feats, _, report = FeatureStore(tmp_path / "store").features(
+            [(small, None), (large, None)], tiny_config(max_image_pixels=10_000), progress=False)
+    assert feats[0] is not None and feats[1] is None and report.extracted == 1
+    assert "large.png" in caplog.text and "pixel budget" in caplog.text
+    with pytest.raises(ConfigError, match="max_image_pixels"):
+        tiny_config(max_image_pixels=(1 << 30) + 1)  # above what OpenCV can decode at all
+
+
+def test_opencv_errors_never_escape(monkeypatch):
+    good = cv2.imencode(".png", textured_chip(3, (40, 40)))[1].tobytes()
+
+    def broken(*args):
+        raise cv2.error("OpenCV(4.7.0) loadsave.cpp:79: error: (-215:Assertion failed) in 'validateInputImageSize'")
+
+    monkeypatch.setattr(cv2, "imdecode", broken)
+    with pytest.raises(ImageReadError, match=r"x.png cannot be decoded \(.*validateInputImageSize"):
+        decode_image(good, "x.png")
+
+
+def test_16_bit_palette_grey_and_alpha_images_decode_to_8_bit_bgr():
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (30, 40, 3), dtype=np.uint16)
+    for suffix in (".png", ".tiff"):
+        out = decode_image(cv2.imencode(suffix, deep)[1].tobytes(), f"deep{suffix}")
+        assert out.dtype == np.uint8 and out.shape == (30, 40, 3)
+        assert np.abs(out.astype(int) - (deep >> 8)).max() <= 1  # scaled to 8 bits, not clipped
+    grey16 = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+    assert decode_image(cv2.imencode(".png", grey16)[1].tobytes(), "g.png").shape == (30, 40, 3)
+    from PIL import Image
+
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    for mode in ("P", "L", "RGBA", "LA"):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).convert(mode).save(buf, "PNG")
+        out = decode_image(buf.getvalue(), f"{mode}.png")
+        assert out.dtype == np.uint8 and out.shape == (30, 40, 3), mode
+
+
+def test_truncated_files_are_refused_and_trailing_data_is_not():
+    jpeg = cv2.imencode(".jpg", textured_chip(4, (64, 80)))[1].tobytes()
+    for cut in (len(jpeg) // 3, len(jpeg) - 2):  # OpenCV would decode these half grey without a word
+        with pytest.raises(ImageReadError, match="truncated JPEG"):
+            decode_image(jpeg[:cut], "cut.jpg")
+    for cut in (10, 100):  # cut inside the headers: no image at all
+        with pytest.raises(ImageReadError, match="cut.jpg"):
+            decode_image(jpeg[:cut], "cut.jpg")
+    png = cv2.imencode(".png", textured_chip(4, (64, 80)))[1].tobytes()
+    with pytest.raises(ImageReadError, match="cut.png is not a readable image"):
+        decode_image(png[:len(png) // 2], "cut.png")
+    # a camera trailer or a second picture after the end marker keeps the image usable
+    assert decode_image(jpeg + b"\xff\xda trailer junk" * 50, "trailer.jpg").shape == (64, 80, 3)
+
+
+def test_exif_orientation_is_applied_and_bboxes_refer_to_the_displayed_frame():
+    from PIL import Image
+
+    stored = np.zeros((40, 60, 3), np.uint8)  # as the sensor stored it: 60 wide, 40 high
+    stored[:20, :30] = (255, 0, 0)  # top-left quarter red (RGB)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    shown = decode_image(buf.getvalue(), "rotated.jpg")
+    assert shown.shape == (60, 40, 3)  # displayed: 40 wide, 60 high
+    # after a clockwise quarter turn the red quarter is at the top right of the displayed image
+    top_right = decode_image(buf.getvalue(), "rotated.jpg", bbox=(25, 2, 12, 25))
+    assert top_right[..., 2].mean() > 200 and top_right[..., 1].mean() < 60  # BGR: red
+
+
+def test_only_regular_files_are_read(tmp_path, monkeypatch):
+    pipe = fifo(tmp_path / "pipe.jpg")
+    for path in (pipe, Path("/dev/zero"), tmp_path):
+        with pytest.raises(ImageReadError, match=f"image {path} cannot be read"):
+            finishes(lambda path=path: read_image_bytes(path))  # a FIFO blocked, /dev/zero filled memory
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 5000)
+    monkeypatch.setattr(images, "MAX_IMAGE_FILE_BYTES", 4096)
+    with pytest.raises(ImageReadError, match="5,000 bytes; the limit is 4,096"):
+        read_image_bytes(big)
+    with pytest.raises(OSError, match="not a regular file"):
+        finishes(lambda: read_regular_file(pipe, 100))
+
+# ============================================================================ CSV datasets
+def csv_dataset(tmp_path: Path, body: str, images_=("a.png", "b.png", "c.png"), encoding="utf-8") -> Path:
+    for k, name in enumerate(images_):
+        write_png(tmp_path / name, textured_chip(10 + k, (64, 64)))
+    path = tmp_path / "labels.csv"
+    path.write_bytes(body.encode(encoding))
+    return path
+
+
+def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    path = csv_dataset(tmp_path, "path,individual\na.png,x\nb.png,y\n", encoding="utf-8-sig")  # Excel's CSV
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    data = load_dataset(path)
+    assert [a.path.name for a in data.annotations] == ["a.png", "b.png"]
+
+
+def test_dataset_that_is_a_fifo_or_device_is_refused_at_once(tmp_path, capsys):
+    pipe = fifo(tmp_path / "labels.csv")
+    for source in (pipe, Path("/dev/zero")):
+        with pytest.raises(DatasetError, match="is not a folder or a regular file"):
+            finishes(lambda source=source: load_dataset(source))
+    code, _, err = finishes(lambda: run_cli(capsys, "evaluate", pipe, "--device", "cpu", "-q"))
+    assert code == 2 and "not a folder or a regular file" in one_error_line(err)
+
+
+def test_csv_rows_naming_a_fifo_or_device_are_skipped_and_the_rest_completes(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(store, "extract_features", fake_extract)
+    fifo(tmp_path / "pipe.png")
+    path = csv_dataset(tmp_path, "path,individual\na.png,x\npipe.png,y\n/dev/zero,z\nb.png,w\n")
+    data = load_dataset(path)
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        stored = finishes(lambda: store.annotation_features(data.annotations, FeatureStore(tmp_path / "s"),
+                                                            tiny_config(), progress=False))
+    assert [a.path.name for a in stored.annotations] == ["a.png", "b.png"]
+    assert len(stored.report.failed) == 2
+    assert "pipe.png cannot be read" in caplog.text and "/dev/zero cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize("body, needles", [
+    ("path,individual\na.png,x\nb\0.png,y\n", ["line 3", "NUL byte"]),
+    ("path,individual\na.png,caf\xe9\n", ["line 2", "not UTF-8"]),
+    ("path,individual,x,y,w,h\na.png,x,0,0,inf,5\n", ["line 2", "inf", "finite"]),
+    ("path,individual,x,y,w,h\na.png,x,nan,0,5,5\n", ["line 2", "finite"]),
+    ("path,individual,x,y,w,h\na.png,x,1e300,0,5,5\n", ["line 2", "1e300", "at most 1048576"]),
+    ("path,individual,x,y,w,h\na.png,x,0,0,-Infinity,5\n", ["line 2", "finite"]),
+    ("path,individual\na.png,x\na.png,y\n", ["line 3", "'y' here but 'x' on line 2"]),
+])
+def test_bad_csv_rows_fail_up_front_naming_the_line(tmp_path, capsys, body, needles):
+    encoding = "latin-1" if "\xe9" in body else "utf-8"
+    path = csv_dataset(tmp_path, body, encoding=encoding)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path)
+    for needle in needles:
+        assert needle in str(caught.value), (needle, caught.value)
+    code, _, err = run_cli(capsys, "evaluate", path, "--output", tmp_path / "out", "--device", "cpu", "-q")
+    assert code == 2 and needles[0] in one_error_line(err)
+
+
+def test_every_bad_row_is_named_in_one_message(tmp_path):
+    rows = "".join(f"a.png,x,0,0,{bad},5\n" for bad in ("inf", "x", "-1", "nan", "1e9", "0", "1e400"))
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(csv_dataset(tmp_path, "path,individual,x,y,w,h\n" + rows))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert [f"line {n}" in message for n in range(2, 7)] == [True] * 5
+    assert "and 2 more bad rows" in message
+
+
+def test_duplicate_rows_are_reported_and_used_once(tmp_path, caplog):
+    body = ("path,individual,x,y,w,h\na.png,x,0,0,10,10\nb.png,y,,,,\n./a.png,x,0,0,10,10\na.png,x,1,0,10,10\n"
+            "b.png,y,,,,\n")
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        data = load_dataset(csv_dataset(tmp_path, body))
+    assert [(a.path.name, a.bbox) for a in data.annotations] == [
+        ("a.png", (0, 0, 10, 10)), ("b.png", None), ("a.png", (1, 0, 10, 10))]
+    assert "2 rows repeat an earlier row" in caplog.text and "line 4 (= 2), 6 (= 3)" in caplog.text
+
+
+def test_csv_size_cap(tmp_path, monkeypatch):
+    path = csv_dataset(tmp_path, "path,individual\n" + "a.png,x\n" * 100)
+    monkeypatch.setattr(dataset_module, "MAX_CSV_BYTES", 500)
+    with pytest.raises(DatasetError, match="816 bytes; the limit is 500"):
+        load_dataset(path)
+
+
+def test_natural_sort_with_non_ascii_digit_characters(tmp_path):
+    names = ["ind10", "①", "ind2", "ind²", "٣", "ind٣", "x①2"]
+    assert sorted(names, key=natural_key) == ["٣", "ind2", "ind٣", "ind10", "ind²", "x①2", "①"]
+    body = "path,individual\n" + "".join(f"a.png,{n}\n" if k == 0 else f"{'bc'[k % 2]}.png,{n}\n"
+                                         for k, n in enumerate(names[:2]))
+    assert load_dataset(csv_dataset(tmp_path, body)).individuals == ["ind10", "①"]
+
+# ============================================================================ the on-disk feature store
+@pytest.fixture(scope="module")
+def stored_photo(tmp_path_factory):
+    """One photo with a real entry in a store (real ALIKED), and the entry's bytes."""
+    root = tmp_path_factory.mktemp("store")
+    photo = write_png(root / "photo.png", textured_chip(50, (120, 160)))
+    feats, keys, report = FeatureStore(root / "store").features([(photo, None)], tiny_config(), progress=False)
+    assert report.extracted == 1
+    entry = FeatureStore(root / "store").entry_path(keys[0], tiny_config().feature_fingerprint)
+    return {"photo": photo, "feats": feats[0], "entry": entry, "bytes": entry.read_bytes(), "store": root / "store"}
+
+
+def damage_cases(data: bytes):
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # inside the descriptors: the zip's CRC catches it
+    buf = io.BytesIO()
+    np.savez(buf, keypoints=np.zeros((5, 2), np.float32), descriptors=np.zeros((5, 64), np.float32),
+             keypoint_scores=np.zeros(5, np.float32), image_size=np.array([160, 120]))
+    nan = io.BytesIO()
+    np.savez(nan, keypoints=np.full((5, 2), np.nan, np.float32), descriptors=np.zeros((5, 128), np.float32),
+             keypoint_scores=np.zeros(5, np.float32), image_size=np.array([160, 120]))
+    return {"truncated": data[:len(data) // 2], "zero-length": b"", "bit-flipped": bytes(flipped),
+            "wrong shape": buf.getvalue(), "NaN keypoints": nan.getvalue(), "not a zip": b"hello" * 100}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero-length", "bit-flipped", "wrong shape", "NaN keypoints",
+                                    "not a zip"])
+def test_a_damaged_entry_is_re_extracted_with_a_warning(stored_photo, caplog, damage):
+    entry, photo = stored_photo["entry"], stored_photo["photo"]
+    entry.write_bytes(damage_cases(stored_photo["bytes"])[damage])
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        feats, _, report = FeatureStore(stored_photo["store"]).features([(photo, None)], tiny_config(),
+                                                                       progress=False)
+    assert (report.loaded, report.extracted, report.failed) == (0, 1, [])
+    assert str(entry) in caplog.text and "re-extracting" in caplog.text
+    for name in store.ARRAY_KEYS:
+        np.testing.assert_array_equal(feats[0][name], stored_photo["feats"][name])
+    feats, _, report = FeatureStore(stored_photo["store"]).features([(photo, None)], tiny_config(), progress=False)
+    assert (report.loaded, report.extracted) == (1, 0)  # the damaged entry was overwritten
+
+
+def test_every_single_byte_flip_of_an_entry_is_caught_or_harmless(stored_photo, caplog):
+    data, entry = stored_photo["bytes"], stored_photo["entry"]
+    fingerprint = tiny_config().feature_fingerprint
+    key = entry.stem
+    target = FeatureStore(entry.parents[2])
+    outcomes = {"rejected": 0, "identical": 0}
+    positions = sorted(set(range(0, 400)) | set(range(400, len(data), 97)) | set(range(len(data) - 200, len(data))))
+    with caplog.at_level(logging.ERROR, "wbia_lightglue"):  # the warnings are asserted elsewhere
+        for pos in positions:
+            flipped = bytearray(data)
+            flipped[pos] ^= 0x41
+            entry.write_bytes(bytes(flipped))
+            feats = target.load(key, fingerprint)
+            if feats is None:
+                outcomes["rejected"] += 1
+                continue
+            for name in store.ARRAY_KEYS:  # anything that loads must be exactly what was stored
+                np.testing.assert_array_equal(feats[name], stored_photo["feats"][name])
+            outcomes["identical"] += 1
+    entry.write_bytes(data)
+    assert outcomes["rejected"] > len(positions) // 2, outcomes
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from wbia_lightglue.data.store import FeatureStore
+
+    def stalls(out, **arrays):  # half an entry written, then the process is killed
+        out.write(b"PK\\x03\\x04" + b"x" * 4000)
+        out.flush()
+        print("WRITING", flush=True)
+        time.sleep(120)
+
+    np.savez = stalls
+    feats = {"keypoints": np.zeros((3, 2), np.float32), "descriptors": np.zeros((3, 128), np.float32),
+             "keypoint_scores": np.zeros(3, np.float32), "image_size": np.array([160, 120])}
+    FeatureStore(sys.argv[1]).save(sys.argv[2], sys.argv[3], feats)
+""")
+
+
+def test_a_writer_killed_mid_save_leaves_no_entry_and_the_next_run_cleans_up(tmp_path, caplog):
+    photo = write_png(tmp_path / "photo.png", textured_chip(51, (120, 160)))
+    config = tiny_config()
+    fingerprint, key = config.feature_fingerprint, content_key(photo.read_bytes())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "store"), key, fingerprint],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "WRITING"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    target = FeatureStore(tmp_path / "store")
+    left = list(target.temp_dir(fingerprint).iterdir())
+    assert len(left) == 1 and left[0].stat().st_size > 4000  # what SIGKILL leaves: a temporary file only
+    assert not target.entry_path(key, fingerprint).exists()  # never a half-written entry
+    # a run while the file is fresh (it could be a live writer's) leaves it alone and still works
+    feats, _, report = target.features([(photo, None)], config, progress=False)
+    assert report.extracted == 1 and left[0].exists()
+    old = time.time() - store.STALE_TEMP_SECONDS - 60
+    os.utime(left[0], (old, old))
+    with caplog.at_level(logging.INFO, "wbia_lightglue"):
+        feats, _, report = FeatureStore(tmp_path / "store").features([(photo, None)], config, progress=False)
+    assert report.loaded == 1 and "removed 1 temporary files" in caplog.text
+    assert list(target.temp_dir(fingerprint).iterdir()) == []
+    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == [f"{key}.npz"]
+
+
+FULL_DISK = textwrap.dedent("""
+    import json, logging, resource, signal, sys
+    from wbia_lightglue import core
+    from wbia_lightglue.data.store import FeatureStore
+    from wbia_lightglue.engine.models import get_extractor
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("wbia_lightglue").addHandler(handler)
+    config = core.Config({"max_num_keypoints": 128, "image_size": 256, "device": "cpu"})
+    get_extractor(config)  # weights read before the limit
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    feats, keys, report = FeatureStore(sys.argv[1]).features([(p, None) for p in sys.argv[2:]], config,
+                                                            progress=False)
+    print("RESULT", json.dumps({"extracted": report.extracted, "failed": report.failed,
+                                "keypoints": [len(f["keypoints"]) for f in feats],
+                                "warnings": [w for w in warnings if "cannot be written" in w]}))
+""")
+
+
+def test_a_full_disk_keeps_the_features_and_warns_once(tmp_path):
+    photos = [str(write_png(tmp_path / f"p{k}.png", textured_chip(60 + k, (120, 160)))) for k in range(3)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "store"), *photos], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    assert result["extracted"] == 3 and result["failed"] == [] and min(result["keypoints"]) > 20
+    assert len(result["warnings"]) == 1 and "File too large" in result["warnings"][0]
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []  # no entry, no temporary file
+
+
+def test_a_store_that_cannot_be_created_or_written_is_skipped_with_one_warning(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(store, "extract_features", fake_extract)
+    photos = [(write_png(tmp_path / f"p{k}.png", textured_chip(70 + k, (40, 40))), None) for k in range(3)]
+    (tmp_path / "file").write_text("not a folder")
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        feats, _, report = FeatureStore(tmp_path / "file" / "store").features(photos, tiny_config(), progress=False)
+    assert report.extracted == 3 and all(f is not None for f in feats)
+    assert caplog.text.count("cannot be written") == 1 and "Not a directory" in caplog.text
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    caplog.clear()
+    monkeypatch.setattr(store, "atomic_write", read_only)
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        feats, _, report = FeatureStore(tmp_path / "ro").features(photos, tiny_config(), progress=False)
+    assert report.extracted == 3 and caplog.text.count("Read-only file system") == 1
+
+
+def test_first_run_memory_follows_the_chunk_not_the_dataset(tmp_path, monkeypatch):
+    """40 photos of ~1 MB each: raw bytes and decoded chips are held a chunk (4) at a time."""
+    monkeypatch.setattr(store, "extract_features", fake_extract)
+    rng = np.random.default_rng(0)
+    photos = [(write_png(tmp_path / f"p{k:02d}.png", rng.integers(0, 256, (580, 600, 3), np.uint8)), None)
+              for k in range(40)]
+    total = sum(p.stat().st_size for p, _ in photos)
+    assert total > 40e6
+
+    def peak(chunk: int) -> int:
+        monkeypatch.setattr(store, "EXTRACT_CHUNK", chunk)
+        tracemalloc.start()
+        try:
+            _, _, report = FeatureStore(tmp_path / f"store{chunk}").features(photos, tiny_config(), progress=False)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert report.extracted == 40
+
+    assert peak(4) < 12e6  # about 4 files + 4 chips
+    assert peak(64) > total  # one chunk for everything: the old behaviour, every file at once
+
+
+def test_stored_entries_with_bad_dtypes_or_shapes_are_named():
+    good = {"keypoints": np.zeros((4, 2), np.float32), "descriptors": np.zeros((4, 128), np.float32),
+            "keypoint_scores": np.zeros(4, np.float32), "image_size": np.array([10, 20])}
+    assert store.entry_problem(good) is None
+    for name, bad, needle in [("keypoints", np.zeros((4, 3), np.float32), "keypoints"),
+                              ("keypoints", np.zeros((4, 2), np.float64), "keypoints float64"),
+                              ("descriptors", np.zeros((5, 128), np.float32), "expected float32 [4 x 128]"),
+                              ("keypoint_scores", np.zeros(3, np.float32), "keypoint_scores"),
+                              ("image_size", np.array([0, 20]), "image_size"),
+                              ("image_size", np.array([1.0, 2.0]), "image_size"),
+                              ("descriptors", np.full((4, 128), np.inf, np.float32), "non-finite")]:
+        assert needle in store.entry_problem({**good, name: bad}), name
