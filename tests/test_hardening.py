@@ -23,16 +23,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from images import textured_chip
+from images import textured_chip, warp
 
 from wbia_lightglue import cli, core
 from wbia_lightglue.core import ConfigError, load_config
 from wbia_lightglue.data import dataset as dataset_module
 from wbia_lightglue.data import images, store
 from wbia_lightglue.data.dataset import DatasetError, load_dataset, natural_key
-from wbia_lightglue.data.files import read_regular_file
+from wbia_lightglue.data.files import check_writable_dir, read_regular_file
 from wbia_lightglue.data.images import ImageReadError, decode_image, read_image_bytes
 from wbia_lightglue.data.store import FeatureStore, content_key
+from wbia_lightglue.engine import memory
 from wbia_lightglue.evaluation import calibration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -636,3 +637,65 @@ def test_stored_entries_with_bad_dtypes_or_shapes_are_named():
                               ("image_size", np.array([1.0, 2.0]), "image_size"),
                               ("descriptors", np.full((4, 128), np.inf, np.float32), "non-finite")]:
         assert needle in store.entry_problem({**good, name: bad}), name
+
+
+# ============================================================================ command line: memory, outputs
+@pytest.mark.parametrize("settings, fits", [
+    ({"image_size": 4096, "max_num_keypoints": 16384}, False),
+    ({"image_size": 512, "max_num_keypoints": 16384}, False),  # 7 GiB per pair
+    ({"image_size": 512, "max_num_keypoints": 2048}, True),
+])
+def test_settings_whose_memory_cannot_fit_are_refused_with_the_estimate(settings, fits, caplog):
+    config = tiny_config(**settings)
+    estimate = memory.estimate_memory(config)
+    assert estimate.extraction == settings["image_size"] ** 2 * memory.EXTRACT_BYTES_PER_PIXEL["aliked-n16"]
+    available = 4 << 30  # a 4 GiB device
+    if fits:
+        assert memory.check_memory(config, available=available).available == available
+        with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+            memory.check_memory(config, available=estimate.largest + estimate.largest // 2)
+        assert "may run out of memory" in caplog.text
+    else:
+        with pytest.raises(ConfigError, match=r"cannot fit in memory: image_size \d+ .* GiB .* 4.0 GiB available"):
+            memory.check_memory(config, available=available)
+
+
+def test_cli_refuses_settings_this_machine_cannot_hold(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 8 << 30)
+    code, _, err = run_cli(capsys, "extract", tmp_path, "--device", "cpu", "--image-size", "4096",
+                           "--keypoints", "16384")
+    assert code == 2
+    line = one_error_line(err)
+    assert "27.3 GiB to extract one photo" in line and "7.0 GiB to match one pair" in line and "8.0 GiB" in line
+
+
+def test_identify_runs_with_an_unusable_calibration(tmp_path, capsys):
+    config_path = tmp_path / "conf" / "lightglue.json"
+    config_path.parent.mkdir()
+    config_path.write_text(json.dumps(TINY))
+    (tmp_path / "conf" / "lightglue.calibration.json").write_bytes(b"\x00\x01binary")
+    for k in range(2):
+        write_png(tmp_path / "db" / f"ind{k}" / "a.png", textured_chip(30 + k, (120, 160)))
+    query = write_png(tmp_path / "q.png", warp(textured_chip(30, (120, 160))))
+    code, out, err = run_cli(capsys, "identify", query, tmp_path / "db", "--config", config_path,
+                             "--cache-dir", tmp_path / "store", "-q")
+    assert code == 0, err
+    assert "calibration" in err and "is unusable" in err and "probability" not in out
+    assert out.splitlines()[2].split()[:2] == ["1", "ind0"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "calibrate", "identify"])
+def test_outputs_are_checked_before_any_pair_is_scored(tmp_path, capsys, monkeypatch, command):
+    extracted = []
+    monkeypatch.setattr(store, "extract_features", lambda chips, *a, **k: extracted.append(len(chips)) or [])
+    for k in range(2):
+        write_png(tmp_path / "db" / f"ind{k}" / "a.png", textured_chip(40 + k, (64, 64)))
+    (tmp_path / "file").write_text("a file, not a folder")
+    blocked = tmp_path / "file" / "out"
+    argv = {"evaluate": ["evaluate", tmp_path / "db", "--output", blocked],
+            "calibrate": ["calibrate", tmp_path / "db", "--output", blocked / "c.json"],
+            "identify": ["identify", tmp_path / "db" / "ind0" / "a.png", tmp_path / "db", "--json", blocked / "r.json"]}
+    code, _, err = run_cli(capsys, *argv[command], "--device", "cpu", "-q", "--cache-dir", tmp_path / "s")
+    assert code == 2 and extracted == []
+    assert f"cannot write to {blocked}" in one_error_line(err) and "Not a directory" in err
+    assert check_writable_dir(tmp_path / "new" / "folder") is None

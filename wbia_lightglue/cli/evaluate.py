@@ -12,7 +12,7 @@ from ..data.dataset import Dataset, limit_individuals, load_dataset
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation.datasets import evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
-from .common import config_from_args, features_line
+from .common import config_from_args, features_line, require_writable
 
 DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
 
@@ -57,6 +57,7 @@ def main(
             e.g. ``side`` for flank photos.
     """
     config = resolve_config(config)
+    require_writable(Path(output))  # before scoring every pair, not after
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     data = limit_individuals(data, limit, seed)
     scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
