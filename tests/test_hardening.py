@@ -33,7 +33,11 @@ from wbia_lightglue.data.dataset import DatasetError, load_dataset, natural_key
 from wbia_lightglue.data.files import check_writable_dir, read_regular_file
 from wbia_lightglue.data.images import ImageReadError, decode_image, read_image_bytes
 from wbia_lightglue.data.store import FeatureStore, content_key
-from wbia_lightglue.engine import memory
+from wbia_lightglue.engine import extraction, memory
+from wbia_lightglue.engine.cache import FeatureCache
+from wbia_lightglue.engine.match_types import MatchSettings
+from wbia_lightglue.engine.matcher import BatchedLightGlue
+from wbia_lightglue.engine.models import OutOfDeviceMemory, get_lightglue
 from wbia_lightglue.evaluation import calibration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -699,3 +703,89 @@ def test_outputs_are_checked_before_any_pair_is_scored(tmp_path, capsys, monkeyp
     assert code == 2 and extracted == []
     assert f"cannot write to {blocked}" in one_error_line(err) and "Not a directory" in err
     assert check_writable_dir(tmp_path / "new" / "folder") is None
+
+# ============================================================================ faults: out of memory, cache
+class OutOfMemoryAbove:
+    """Wraps a batch function: raises torch.cuda.OutOfMemoryError whenever a batch has more than ``limit`` items."""
+
+    def __init__(self, real, limit, count=lambda args: len(args[1])):
+        self.real, self.limit, self.count, self.seen = real, limit, count, []
+
+    def __call__(self, *args, **kwargs):
+        size = self.count(args)
+        self.seen.append(size)
+        if size > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake: {size} > {self.limit})")
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_features():
+    config = tiny_config()
+    chips = [textured_chip(80 + k % 4, (120, 160)) if k < 4 else warp(textured_chip(80 + k % 4, (120, 160)), 5 + k)
+             for k in range(9)]
+    return core.extract_features(chips, config, progress=False)
+
+
+def test_matcher_halves_the_batch_on_out_of_memory(small_features, caplog):
+    query, database = small_features[0], small_features[1:]
+    settings = MatchSettings()
+    reference = BatchedLightGlue(get_lightglue(torch.device("cpu")), torch.device("cpu")).match(
+        query, database, settings, batch_size=2)  # the batches the back-off ends with: identical arithmetic
+    matcher = BatchedLightGlue(get_lightglue(torch.device("cpu")), torch.device("cpu"))
+    fake = OutOfMemoryAbove(matcher._match_batch, 2, count=lambda args: len(args[1]))
+    matcher._match_batch = fake
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        results = matcher.match(query, database, settings, batch_size=8)
+    assert fake.seen == [8, 4, 2, 2, 2, 2]  # 8 -> 4 -> 2, then the smaller batch is kept
+    assert [r.score for r in results] == [r.score for r in reference]
+    assert "out of memory on cpu matching 8 pairs at once; retrying 4 at a time" in caplog.text
+    matcher._match_batch = OutOfMemoryAbove(fake.real, 0)
+    with pytest.raises(OutOfDeviceMemory, match="one pair of 128 x 128 keypoints; lower max_num_keypoints"):
+        matcher.match(query, database, settings, batch_size=4)
+
+
+def test_extraction_halves_the_batch_on_out_of_memory(monkeypatch, caplog):
+    chips = [textured_chip(90 + k, (120, 160)) for k in range(5)]
+    config = tiny_config()
+    reference = core.extract_features(chips, config, batch_size=1, progress=False)
+    fake = OutOfMemoryAbove(extraction._run_aliked, 1)
+    monkeypatch.setattr(extraction, "_run_aliked", fake)
+    with caplog.at_level(logging.WARNING, "wbia_lightglue"):
+        out = core.extract_features(chips, config, batch_size=4, progress=False)
+    assert fake.seen == [4, 2, 1, 1, 1, 1, 1]
+    for got, want in zip(out, reference):
+        np.testing.assert_allclose(got["keypoints"], want["keypoints"], atol=1e-3)
+    assert "retrying 2 at a time" in caplog.text
+    monkeypatch.setattr(extraction, "_run_aliked", OutOfMemoryAbove(fake.real, 0))
+    with pytest.raises(OutOfDeviceMemory, match="one chip at image_size 256 with aliked-n16; lower image_size"):
+        core.extract_features(chips[:2], config, batch_size=2, progress=False)
+
+
+def test_cache_byte_bound_holds_when_a_caller_mutates_what_it_got():
+    feats = {"keypoints": np.zeros((100, 2), np.float32), "descriptors": np.zeros((100, 128), np.float32)}
+    one = core.features_nbytes(feats)
+    cache = FeatureCache(max_entries=10, max_bytes=3 * one)
+    cache.put("a", "fp", feats)
+    got = cache.get("a", "fp")
+    got["descriptors"] = np.zeros((100_000, 128), np.float32)  # 51 MB into the caller's own dict
+    with pytest.raises(ValueError, match="read-only"):
+        cache.get("a", "fp")["keypoints"][0, 0] = 5.0
+    feats["descriptors"] = np.ones((1, 128), np.float32)  # the dict that was put is not the cache's either
+    assert cache.stats()["bytes"] == one
+    again = cache.get("a", "fp")
+    assert again["descriptors"].shape == (100, 128) and not again["descriptors"].any()
+    out = cache.get_or_compute(["a", "b"], "fp", lambda keys: [dict(feats) for _ in keys])
+    out[1]["keypoints"] = np.zeros((10**6, 2), np.float32)
+    assert cache.stats()["bytes"] <= 3 * one
+
+
+def test_read_only_cached_features_match_exactly_like_writable_ones(small_features):
+    cache = FeatureCache(max_entries=10)
+    for k, feats in enumerate(small_features[:3]):
+        cache.put(k, "fp", feats)
+    frozen = [cache.get(k, "fp") for k in range(3)]
+    assert not frozen[0]["descriptors"].flags.writeable
+    config = tiny_config()
+    assert core.match_scores(frozen[0], frozen[1:], config) == core.match_scores(
+        small_features[0], small_features[1:3], config)

@@ -21,6 +21,18 @@ logger = logging.getLogger("wbia_lightglue")
 DeviceLike = Union[str, "torch.device", None]
 
 
+class OutOfDeviceMemory(RuntimeError):
+    """One item (a chip, a pair) does not fit in the device's memory even alone; the message says which."""
+
+
+def release_device_memory(device: "torch.device") -> None:
+    """Return cached CUDA blocks after an out-of-memory error, so that a smaller retry can use them."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def resolve_device(config: Config, device: DeviceLike = None) -> "torch.device":
     """The torch device for ``device`` (or the config's): 'auto' is CUDA when available, else CPU."""
     import torch
