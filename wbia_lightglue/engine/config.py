@@ -31,7 +31,15 @@ FEATURE_CODE_VERSION = 1
 
 
 class ConfigError(ValueError):
-    """A config file or value is invalid; the message names the file, key and value."""
+    """A config file or value is invalid; the message names the file, key and value.
+
+    ``public`` is the same message without the offending value, for callers who did not write the file
+    (a web request naming a server-side config): it names the file and key, never their contents.
+    """
+
+    def __init__(self, message: str, public: Optional[str] = None):
+        super().__init__(message)
+        self.public = public if public is not None else message
 
 
 @dataclass(frozen=True)
@@ -197,13 +205,16 @@ def validate(values: Mapping[str, Any], source: Optional[str] = None) -> None:
     for key, value in values.items():
         spec = SPECS.get(key)
         if spec is None:
-            raise ConfigError(
-                f"{where}: unknown key {_short(key)} (value {_short(value)}); valid keys: {', '.join(SPECS)}")
+            valid = f"valid keys: {', '.join(SPECS)}"
+            raise ConfigError(f"{where}: unknown key {_short(key)} (value {_short(value)}); {valid}",
+                              public=f"{where}: unknown key {_short(key, 40)}; {valid}")
         if not spec.type_ok(value):
-            finite = " finite" if isinstance(value, float) and spec.kind == "number" else ""
-            raise ConfigError(f"{where}: key {key!r} must be a{finite} {spec.kind}, got {_short(value)}")
+            expected = f"must be a{' finite' if isinstance(value, float) and spec.kind == 'number' else ''} {spec.kind}"
+            raise ConfigError(f"{where}: key {key!r} {expected}, got {_short(value)}",
+                              public=f"{where}: key {key!r} {expected}")
         if not spec.allowed(value):
-            raise ConfigError(f"{where}: key {key!r} has value {_short(value)}; expected {spec.allowed_text}")
+            raise ConfigError(f"{where}: key {key!r} has value {_short(value)}; expected {spec.allowed_text}",
+                              public=f"{where}: key {key!r} has a value outside {spec.allowed_text}")
 
 
 def _short(value: Any, limit: int = 60) -> str:
