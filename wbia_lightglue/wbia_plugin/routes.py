@@ -33,7 +33,7 @@ JOB_ROUTE = ("POST /api/engine/query/graph/ with query_config_dict={'pipeline_ro
              "(runs as a WBIA job)")
 # web_max_database = 0 (automatic): on CUDA this many database annotations per synchronous request; on CPU
 # CPU_SYNC_PAIRS at 512 keypoints, fewer as keypoints grow (a pair costs ~keypoints**2), at least CPU_SYNC_MIN.
-# On the 2-core CPU of the README's figures that is about 20 s of matching whatever the keypoints.
+# On the 2-core CPU of the README's Performance figures that is 9-17 s of matching at 512-2048 keypoints.
 CUDA_SYNC_PAIRS = 2000
 CPU_SYNC_PAIRS = 100
 CPU_SYNC_MIN = 10
