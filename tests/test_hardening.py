@@ -396,9 +396,12 @@ def test_csv_rows_naming_a_fifo_or_device_are_skipped_and_the_rest_completes(tmp
     ("path,individual,x,y,w,h\na.png,x,1e300,0,5,5\n", ["line 2", "1e300", "at most 1048576"]),
     ("path,individual,x,y,w,h\na.png,x,0,0,-Infinity,5\n", ["line 2", "finite"]),
     ("path,individual\na.png,x\na.png,y\n", ["line 3", "'y' here but 'x' on line 2"]),
+    ("path,individual\na.png," + "x" * 200_000 + "\n", ["after line 1", "field larger than field limit"]),
+    ("path,individual\na.png,x,surplus\n", ["line 2", "more cells than header columns"]),
+    ("path,individual\n".encode("utf-16").decode("latin-1"), ["line 1", "NUL byte"]),  # Excel's "Unicode text"
 ])
 def test_bad_csv_rows_fail_up_front_naming_the_line(tmp_path, capsys, body, needles):
-    encoding = "latin-1" if "\xe9" in body else "utf-8"
+    encoding = "latin-1" if "\xe9" in body or "\x00" in body and "\xff" in body else "utf-8"
     path = csv_dataset(tmp_path, body, encoding=encoding)
     with pytest.raises(DatasetError) as caught:
         load_dataset(path)

@@ -147,7 +147,7 @@ def _load_csv(path: Path) -> Dataset:
         rows = [(reader.line_num, row) for row in reader]  # line_num: the row's last line in the file
         header = list(reader.fieldnames or [])
     except csv.Error as exc:
-        raise DatasetError(f"CSV {path} cannot be read: line {reader.line_num}: {exc}") from None
+        raise DatasetError(f"CSV {path} cannot be read after line {reader.line_num}: {exc}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"CSV {path} lacks the column(s) {', '.join(missing)}; "
