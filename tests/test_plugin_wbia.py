@@ -419,6 +419,76 @@ def test_api_real_server(db):
         thread.join(timeout=10)
 
 
+def test_api_hostile_input_gets_short_4xx_answers(db, config_dir, monkeypatch):
+    """Issue 11: capped lists, overlong / NUL config paths, bad config files, unusable calibrations and
+    unexpected failures: a short JSON message, no traceback, no absolute server path, no file contents."""
+    from wbia_lightglue.wbia_plugin import routes
+
+    ibs = db["ibs"]
+    made = _made(db)
+    quuid, duuids = ibs.get_annot_uuids([made[0]])[0], ibs.get_annot_uuids(made[1:])
+    client = _app(ibs).test_client()
+    (config_dir / "capped.json").write_text(json.dumps({**SMALL, "web_max_database": 2}))
+    (config_dir / "bad.json").write_text('{"screen_score": Infinity, "max_num_keypoints": 256}')
+    (config_dir / "secret.json").write_text(json.dumps({"password": "hunter2" * 40}))
+    (config_dir / "calbroken.json").write_text(json.dumps(SMALL))
+    (config_dir / "calbroken.calibration.json").write_bytes(b"\x00\xffnot json at all")
+
+    def call(route, method="get", **params):
+        response = getattr(client, method)(f"/api/plugin/lightglue/{route}/", data=json.dumps(params),
+                                           content_type="application/json")
+        text = response.data.decode()
+        if response.status_code != 200:  # errors; a success names the config file it used, by design
+            assert "Traceback" not in text and str(config_dir) not in text, text[:2000]
+        return response.status_code, json.loads(text)
+
+    def score(database, **params):
+        return call("match/score", "post", query_annot_uuid=_uuid_json(quuid),
+                    database_annot_uuid_list=[_uuid_json(u) for u in database], **params)
+
+    # list caps: a 400 naming the cap (and, for the synchronous route, the job route)
+    code, body = call("feature", annot_uuid_list=[_uuid_json(uuid.uuid4()) for _ in range(routes.MAX_LIST_LENGTH + 1)])
+    assert code == 400 and "holds 10001 entries; this route accepts at most 10000" in body["status"]["message"]
+    code, body = score(duuids[:3], config_path="capped.json")
+    message = body["status"]["message"]
+    assert code == 400 and "at most 2 synchronously" in message and "/api/engine/query/graph/" in message
+    code, body = score(duuids[:2], config_path="capped.json")
+    assert code == 200 and len(body["response"]["score_list"]) == 2
+    assert routes.sync_database_limit(core.Config(SMALL)) == 400  # automatic, CPU: 100 x (512 / 256)**2
+    assert routes.sync_database_limit(core.Config({**SMALL, "max_num_keypoints": 2048})) == 10
+
+    # config paths: overlong, a component over 255 bytes (ENAMETOOLONG: HTTP 500 before), NUL, bad contents
+    for bad, needle in [("x" * 5000, "at most 255"), ("\u00e9" * 200 + ".json", "File name too long"),
+                        ("a\x00b.json", "NUL"), ("bad.json", "'screen_score' must be a finite number"),
+                        ("secret.json", "unknown key 'password'"), ("../x.json", "may not contain '..'")]:
+        code, body = call("config", config_path=bad)
+        message = body["status"]["message"]
+        assert code == 400 and needle in message, (bad, body)
+        assert len(message) < 700 and "hunter2" not in message
+    code, body = call("config", config_path="bad.json")
+    assert body["status"]["message"].startswith("config bad.json: key 'screen_score'")
+
+    # an unusable calibration never breaks scoring: raw scores, no probabilities
+    code, body = score(duuids[:2], config_path="calbroken.json")
+    assert code == 200 and body["response"]["probability_list"] is None
+
+    # a parameter the route does not take, and an unexpected failure deep inside: one line, no traceback
+    code, body = score(duuids[:1], colour="blue")
+    assert code == 400 and "unexpected keyword argument 'colour'" in body["status"]["message"]
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"{config_dir}/internal/state is broken")
+
+    monkeypatch.setattr(core, "match_scores", boom)
+    code, body = score(duuids[:1])
+    assert code == 500 and body["status"]["message"] == (
+        "lightglue_api_match_scores failed (RuntimeError); the server log has the details")
+
+    # /config/ always answers strict JSON (no NaN / Infinity can enter a config)
+    response = client.get("/api/plugin/lightglue/config/")
+    json.loads(response.data, parse_constant=lambda name: pytest.fail(f"/config/ emitted {name}"))
+
+
 def test_config_path_resolution(config_dir):
     assert _plugin.resolve_config_path("other.json") == (config_dir / "other.json").resolve()
     assert _plugin.resolve_config_path(str(config_dir / "other.json")) == (config_dir / "other.json").resolve()

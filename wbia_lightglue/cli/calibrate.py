@@ -15,13 +15,14 @@ from ..engine.config import ConfigLike, resolve_config
 from ..evaluation.calibration import (
     METHODS,
     Calibration,
+    calibration_path,
     fit,
     held_out_check,
     labelled_pairs,
     save_calibration,
 )
 from ..evaluation.datasets import score_dataset
-from .common import config_from_args
+from .common import config_from_args, require_writable
 
 
 @dataclass
@@ -66,6 +67,7 @@ def main(dataset: Union[str, Path, Dataset], config: ConfigLike = None, output: 
     (``<output stem>.reliability.png``) on the pairs of the other half.
     """
     config = resolve_config(config)
+    require_writable(Path(output).parent if output is not None else calibration_path(config).parent)
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
     labels = [a.individual for a in scored.dataset.annotations]

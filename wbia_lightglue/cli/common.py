@@ -5,8 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, NoReturn, Optional, Sequence
 
+from ..data.files import check_writable_dir
 from ..engine.config import Config, load_config
-from ..engine.models import resolve_device
+from ..engine.memory import check_memory
 
 PROG = "wbia-lightglue"
 
@@ -46,8 +47,18 @@ def config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = 
         if value is not None:
             overrides[key] = value
     config = load_config(args.config, **overrides)
-    resolve_device(config)  # an unusable device is a config error: report it before any work
+    check_memory(config)  # an unusable device, or settings that cannot fit, is a config error: before any work
     return config
+
+
+def require_writable(*folders: Optional[Path]) -> None:
+    """UsageError (exit 2) unless files can be created in each folder, checked before any expensive work."""
+    for folder in folders:
+        if folder is None:
+            continue
+        reason = check_writable_dir(folder)
+        if reason is not None:
+            raise UsageError(f"cannot write to {folder} ({reason}); choose another output location")
 
 
 def check_top(args: argparse.Namespace) -> None:

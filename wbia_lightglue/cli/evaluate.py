@@ -17,7 +17,7 @@ from ..evaluation import html_report
 from ..evaluation.calibration import load_calibration
 from ..evaluation.datasets import evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
-from .common import UsageError, check_top, config_from_args, features_line
+from .common import UsageError, check_top, config_from_args, features_line, require_writable
 
 DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
 
@@ -78,6 +78,7 @@ def main(
             is in ``meta["html_report"]``).
     """
     config = resolve_config(config)
+    require_writable(Path(output))  # before scoring every pair, not after
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     data = limit_individuals(data, limit, seed)
     scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)

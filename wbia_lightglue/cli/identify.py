@@ -24,7 +24,7 @@ from ..engine.config import ConfigLike, resolve_config
 from ..engine.scoring import match_scores, name_scores
 from ..evaluation import html_report
 from ..evaluation.calibration import Calibration, load_calibration
-from .common import check_top, config_from_args, features_line
+from .common import check_top, config_from_args, features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -138,11 +138,13 @@ def main(
     (DEFAULT_TOP when ``top`` is None), matched again with ``return_matches`` for their pictures.
     """
     config = resolve_config(config)
+    require_writable(*(Path(p).parent for p in (json_path, csv_path) if p is not None))
     logger.info("identify %s against %s (config %s)", query, database, config.fingerprint)
     store = FeatureStore(cache_dir)
     query_annot = Annotation(Path(query), "?")
     if not query_annot.path.is_file():
-        raise DatasetError(f"query image {query} does not exist")
+        what = "is not a regular file" if query_annot.path.exists() else "does not exist"
+        raise DatasetError(f"query image {query} {what}")
     dataset = database if isinstance(database, Dataset) else load_dataset(database)
     query_stored = annotation_features([query_annot], store, config, progress=False, on_error="raise")
     stored = annotation_features(dataset.annotations, store, config, progress=progress)

@@ -13,7 +13,7 @@ from ..data.store import FeatureStore, annotation_features
 from ..engine.config import ConfigLike, resolve_config
 from ..engine.scoring import match_pairs, pair_score
 from ..evaluation.drawing import draw_matches
-from .common import config_from_args
+from .common import config_from_args, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -50,16 +50,21 @@ def main(
 ) -> PairMatch:
     """Score the pair (``image_a`` as query) and draw its correspondences to ``output`` when given."""
     config = resolve_config(config)
+    if output is not None:
+        require_writable(Path(output).parent)
     annots = [Annotation(Path(image_a), "a"), Annotation(Path(image_b), "b")]
     for annot in annots:
         if not annot.path.is_file():
-            raise DatasetError(f"image {annot.path} does not exist")
+            what = "is not a regular file" if annot.path.exists() else "does not exist"
+            raise DatasetError(f"image {annot.path} {what}")
     feats = annotation_features(annots, FeatureStore(cache_dir), config, progress=False, on_error="raise").features
     result = match_pairs(feats[0], feats[1:], config, return_matches=True)[0]
     pair = PairMatch(pair_score(result, feats[0], feats[1], config), result.num_matches)
     if output is not None:
         pair.output = Path(output)
-        draw_matches(read_image(image_a), read_image(image_b), feats[0]["keypoints"], feats[1]["keypoints"],
+        limit = config["max_image_pixels"]
+        chip_a, chip_b = read_image(image_a, max_pixels=limit), read_image(image_b, max_pixels=limit)
+        draw_matches(chip_a, chip_b, feats[0]["keypoints"], feats[1]["keypoints"],
                      result.matches, result.confidences,
                      title=f"{pair.num_matches} matches, score {pair.score:.2f}", path=pair.output)
         logger.info("wrote %s", pair.output)

@@ -5,26 +5,38 @@ as an attribute (e.g. ``side``, usable to restrict comparisons with ``--group-by
 ``x, y, w, h`` (all four, in pixels of the full image) crop the annotation; a row with all four empty uses
 the whole image.
 
-Problems with the collection itself (missing folder, missing columns, a malformed bounding box) raise
-``DatasetError``; a single image that cannot be read raises ``images.ImageReadError`` when read, so
-callers can skip it and go on with the others.
+The CSV may start with a UTF-8 byte-order mark (Excel writes one). It must be a regular file of at most
+``MAX_CSV_BYTES``. A row repeating an earlier one (same image and box, same individual) is reported and
+used once; the same image and box under another individual is an error.
+
+Problems with the collection itself (missing folder, missing columns, malformed rows) raise
+``DatasetError`` before any image is read, naming every bad line (up to ``MAX_REPORTED_ROWS``); a
+single image that cannot be read raises ``images.ImageReadError`` when read, so callers can skip it
+and go on with the others.
 """
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
+import os
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from .files import read_regular_file
 from .images import IMAGE_SUFFIXES, BBox
 
 logger = logging.getLogger("wbia_lightglue")
 
 REQUIRED_COLUMNS = ("path", "individual")
 BBOX_COLUMNS = ("x", "y", "w", "h")
+MAX_CSV_BYTES = 64 << 20  # ~500,000 rows of typical length
+MAX_BBOX_VALUE = 1 << 20  # pixels; OpenCV decodes at most 2**30 pixels, so no side reaches this
+MAX_REPORTED_ROWS = 5  # bad rows named in one error message
 
 
 class DatasetError(ValueError):
@@ -79,8 +91,12 @@ class Dataset:
 
 
 def natural_key(text: str) -> tuple:
-    """Sort key that orders embedded numbers numerically ("ind2" < "ind10")."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
+    """Sort key that orders embedded numbers numerically ("ind2" < "ind10").
+
+    Runs of decimal digits of any script count as numbers (int() reads them); other characters that
+    str.isdigit() accepts, such as '①' or '²', are text.
+    """
+    return tuple((0, int(part), "") if part.isdecimal() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
 
 
 def load_dataset(source: Union[str, Path]) -> Dataset:
@@ -90,6 +106,8 @@ def load_dataset(source: Union[str, Path]) -> Dataset:
         dataset = _load_folder(source)
     elif source.is_file():
         dataset = _load_csv(source)
+    elif source.exists():  # a FIFO, a device, a socket: reading it could block or never end
+        raise DatasetError(f"dataset {source} is not a folder or a regular file")
     else:
         raise DatasetError(f"dataset {source} does not exist (expected a folder or a CSV file)")
     if not dataset.annotations:
@@ -113,11 +131,23 @@ def _load_folder(root: Path) -> Dataset:
 
 def _load_csv(path: Path) -> Dataset:
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-            header = list(rows[0].keys()) if rows else _header(path)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"CSV {path} cannot be read: {exc}") from exc
+        raw = read_regular_file(path, MAX_CSV_BYTES)
+    except OSError as exc:
+        raise DatasetError(f"CSV {path} cannot be read: {exc.strerror or exc}") from None
+    if b"\0" in raw:  # a binary file, or UTF-16 (Excel's "Unicode text"): neither is a CSV we can read
+        line = raw[:raw.index(b"\0")].count(b"\n") + 1
+        raise DatasetError(f"CSV {path} line {line} holds a NUL byte: not a UTF-8 text CSV")
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: Excel's byte-order mark would otherwise hide 'path'
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"CSV {path} line {line} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(reader.line_num, row) for row in reader]  # line_num: the row's last line in the file
+        header = list(reader.fieldnames or [])
+    except csv.Error as exc:
+        raise DatasetError(f"CSV {path} cannot be read after line {reader.line_num}: {exc}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"CSV {path} lacks the column(s) {', '.join(missing)}; "
@@ -126,15 +156,33 @@ def _load_csv(path: Path) -> Dataset:
     if any(has_bbox) and not all(has_bbox):
         raise DatasetError(f"CSV {path}: a bounding box needs all of the columns x, y, w, h; "
                            f"found only {', '.join(c for c in BBOX_COLUMNS if c in header)}")
-    annotations = []
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        annotations.append(_annotation_from_row(path, line, row, all(has_bbox)))
+    annotations, errors, duplicates = [], [], []
+    seen: Dict[tuple, Tuple[int, str]] = {}  # (normalised path, bbox) -> (line, individual)
+    for line, row in rows:
+        try:
+            annot = _annotation_from_row(path, line, row, all(has_bbox))
+        except DatasetError as exc:
+            errors.append(str(exc))
+            continue
+        key = (os.path.normpath(annot.path), annot.bbox)
+        if key in seen:
+            first, individual = seen[key]
+            if individual != annot.individual:
+                errors.append(f"CSV {path} line {line}: {annot.name} is individual {annot.individual!r} here but "
+                              f"{individual!r} on line {first}")
+            else:
+                duplicates.append(f"{line} (= {first})")
+            continue
+        seen[key] = (line, annot.individual)
+        annotations.append(annot)
+    if errors:
+        more = f" (and {len(errors) - MAX_REPORTED_ROWS} more bad rows)" if len(errors) > MAX_REPORTED_ROWS else ""
+        raise DatasetError("; ".join(errors[:MAX_REPORTED_ROWS]) + more)
+    if duplicates:
+        shown = ", ".join(duplicates[:10]) + (", ..." if len(duplicates) > 10 else "")
+        logger.warning("CSV %s: %d rows repeat an earlier row (same image, box and individual) and are used once: "
+                       "line %s", path, len(duplicates), shown)
     return Dataset(path, annotations)
-
-
-def _header(path: Path) -> List[str]:
-    with open(path, newline="") as handle:
-        return next(csv.reader(handle), [])
 
 
 def _annotation_from_row(csv_path: Path, line: int, row: Dict[str, Optional[str]], has_bbox: bool) -> Annotation:
@@ -154,10 +202,15 @@ def _parse_bbox(where: str, cells: List[Optional[str]]) -> Optional[BBox]:
     cells = [(c or "").strip() for c in cells]
     if not any(cells):
         return None
+    shown = ",".join(c[:20] for c in cells)
     try:
-        x, y, w, h = (int(round(float(c))) for c in cells)
+        values = [float(c) for c in cells]
     except ValueError:
-        raise DatasetError(f"{where}: bounding box x,y,w,h = {','.join(cells)} is not four numbers") from None
+        raise DatasetError(f"{where}: bounding box x,y,w,h = {shown} is not four numbers") from None
+    if not all(math.isfinite(v) and abs(v) <= MAX_BBOX_VALUE for v in values):  # inf, nan, 1e300
+        raise DatasetError(f"{where}: bounding box x,y,w,h = {shown} needs finite values of at most "
+                           f"{MAX_BBOX_VALUE} pixels")
+    x, y, w, h = (int(round(v)) for v in values)
     if x < 0 or y < 0 or w <= 0 or h <= 0:
         raise DatasetError(f"{where}: bounding box x,y,w,h = {x},{y},{w},{h} needs x, y >= 0 and w, h > 0")
     return x, y, w, h

@@ -7,6 +7,12 @@ re-extracts. One ``.npz`` per annotation, written atomically, so concurrent runs
 never leave a half-written entry behind::
 
     <root>/<feature fingerprint>/<sha[:2]>/<sha256 of the file>[_x_y_w_h].npz
+    <root>/<feature fingerprint>/.tmp/       files being written (a killed writer's are removed later)
+
+Faults: an entry that cannot be read or holds arrays of the wrong shape or type (truncated, bit-flipped,
+empty) is re-extracted with a warning and overwritten. When the store cannot be written (full disk,
+read-only, quota), the run warns once and goes on without storing. Photos are read, decoded and
+extracted a chunk at a time, so memory follows the chunk, not the dataset.
 """
 from __future__ import annotations
 
@@ -18,20 +24,25 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..engine.config import Config
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
 from ..engine.models import DeviceLike
 from .dataset import Annotation
-from .files import atomic_write
-from .images import BBox, ImageReadError, decode_image, read_image_bytes
+from .files import atomic_write, remove_stale_temp_files
+from .images import BBox, ImageReadError, decode_image, image_size, read_image_bytes
 
 logger = logging.getLogger("wbia_lightglue")
 
 DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wbia_lightglue" / "features"
 ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
-# Photos decoded and extracted per step: bounds the memory held by decoded images on large datasets.
+# Photos read, decoded and extracted per step: what is held in memory at once (raw bytes, then chips) is
+# at most this many photos and this many decoded pixels, whatever the size of the dataset.
 EXTRACT_CHUNK = 32
+CHUNK_PIXELS = 1 << 28  # 268 megapixels: 805 MB of decoded BGR chips
+STALE_TEMP_SECONDS = 600  # a temporary file this old belongs to a writer that was killed mid-save
+TEMP_DIR = ".tmp"
 
 
 @dataclass
@@ -64,32 +75,58 @@ def content_key(data: bytes, bbox: Optional[BBox] = None) -> str:
 
 
 class FeatureStore:
-    """A folder of per-annotation feature files; see the module docstring for the layout."""
+    """A folder of per-annotation feature files; see the module docstring for the layout.
+
+    ``writable`` turns False after the first failed write (that failure is the one warning).
+    """
 
     def __init__(self, root: Union[str, Path, None] = None):
         self.root = Path(root) if root is not None else DEFAULT_STORE_DIR
+        self.writable = True
 
     def entry_path(self, key: str, fingerprint: str) -> Path:
         return self.root / fingerprint / key[:2] / f"{key}.npz"
 
+    def temp_dir(self, fingerprint: str) -> Path:
+        return self.root / fingerprint / TEMP_DIR
+
     def load(self, key: str, fingerprint: str) -> Optional[Dict[str, Any]]:
-        """The stored features, or None when absent or unreadable (then they are simply re-extracted)."""
+        """The stored features, or None when absent or damaged (then they are re-extracted and overwritten)."""
         path = self.entry_path(key, fingerprint)
-        if not path.is_file():
+        if not path.is_file():  # also refuses a FIFO or device planted in the store
             return None
         try:
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:
                 feats = {name: data[name] for name in ARRAY_KEYS}
-        except (OSError, ValueError, KeyError) as exc:
-            logger.warning("feature file %s is unreadable (%s); re-extracting", path, exc)
+        except Exception as exc:  # noqa: BLE001 - a damaged zip raises BadZipFile, EOFError, ValueError, KeyError,
+            # NotImplementedError, RuntimeError, tokenize errors or MemoryError (a flipped shape): all mean re-extract
+            logger.warning("feature file %s is unreadable (%s: %s); re-extracting", path, type(exc).__name__,
+                           str(exc)[:100])
+            return None
+        problem = entry_problem(feats)
+        if problem is not None:
+            logger.warning("feature file %s is damaged (%s); re-extracting", path, problem)
             return None
         feats["fingerprint"] = fingerprint
         return feats
 
-    def save(self, key: str, fingerprint: str, feats: Dict[str, Any]) -> Path:
-        """Write one entry atomically (temporary file + rename)."""
+    def save(self, key: str, fingerprint: str, feats: Dict[str, Any]) -> Optional[Path]:
+        """Write one entry atomically (temporary file + rename); None when the store cannot be written.
+
+        The first failure (full disk, read-only, no permission, quota) is logged once and the store stops
+        writing for the rest of its life: the features stay in memory and the run completes.
+        """
+        if not self.writable:
+            return None
         arrays = {name: np.asarray(feats[name]) for name in ARRAY_KEYS}
-        return atomic_write(self.entry_path(key, fingerprint), lambda out: np.savez(out, **arrays))
+        try:
+            return atomic_write(self.entry_path(key, fingerprint), lambda out: np.savez(out, **arrays),
+                                temp_dir=self.temp_dir(fingerprint))
+        except OSError as exc:
+            self.writable = False
+            logger.warning("feature store %s cannot be written (%s); going on without storing features",
+                           self.root, exc.strerror or exc)
+            return None
 
     def features(
         self,
@@ -106,48 +143,73 @@ class FeatureStore:
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
         skipped), and a StoreReport with the counts. With ``on_error='raise'`` (a query, a pair) an unusable
         image raises ImageReadError instead of being skipped.
+
+        Photos are read once, in order; those not in the store wait in a chunk (at most EXTRACT_CHUNK photos
+        and CHUNK_PIXELS pixels) that is decoded, extracted and released before the next one fills.
         """
         check_on_error(on_error)
         fingerprint = config.feature_fingerprint
+        removed = remove_stale_temp_files(self.temp_dir(fingerprint), STALE_TEMP_SECONDS)
+        if removed:
+            logger.info("feature store: removed %d temporary files left by an interrupted run", removed)
         feats: List[Optional[dict]] = [None] * len(sources)
         keys: List[Optional[str]] = [None] * len(sources)
         report = StoreReport()
-        missing: List[Tuple[int, bytes]] = []
+        chunk: List[Tuple[int, bytes]] = []
+        chunk_pixels = 0
+        bar = tqdm(total=len(sources), desc="features", unit="photo", disable=not progress or len(sources) < 2)
+
+        def flush() -> None:
+            nonlocal chunk_pixels
+            self._extract_chunk(chunk, sources, keys, feats, report, config, device, on_error)
+            bar.update(len(chunk))
+            chunk.clear()
+            chunk_pixels = 0
+
         for pos, (path, bbox) in enumerate(sources):
             try:
                 data = read_image_bytes(path)
             except ImageReadError as exc:
                 self._skip(report, exc, on_error)
+                bar.update(1)
                 continue
             keys[pos] = content_key(data, bbox)
-            feats[pos] = self.load(keys[pos], fingerprint)
+            feats[pos] = self.load(keys[pos], fingerprint)  # type: ignore[arg-type]
             if feats[pos] is not None:
                 report.loaded += 1
-            else:
-                missing.append((pos, data))
-        for start in range(0, len(missing), EXTRACT_CHUNK):
-            self._extract_chunk(missing[start:start + EXTRACT_CHUNK], sources, keys, feats, report,
-                                config, device, progress and len(missing) > 1, on_error)
+                bar.update(1)
+                continue
+            pixels = _chip_pixels(data, bbox)
+            if chunk and chunk_pixels + pixels > CHUNK_PIXELS:
+                flush()
+            chunk.append((pos, data))
+            chunk_pixels += pixels
+            if len(chunk) >= EXTRACT_CHUNK:
+                flush()
+        if chunk:
+            flush()
+        bar.close()
         logger.info("features: %d loaded from %s, %d extracted, %d skipped",
                     report.loaded, self.root, report.extracted, len(report.failed))
         return feats, keys, report
 
     def _extract_chunk(self, chunk: List[Tuple[int, bytes]], sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
                        keys: List[Optional[str]], feats: List[Optional[Dict[str, Any]]], report: StoreReport,
-                       config: Config, device: DeviceLike, progress: bool, on_error: OnError) -> None:
+                       config: Config, device: DeviceLike, on_error: OnError) -> None:
         chips, positions = [], []
         for pos, data in chunk:
             path, bbox = sources[pos]
             try:
-                chips.append(decode_image(data, path, bbox))
+                chips.append(decode_image(data, path, bbox, config["max_image_pixels"]))
                 positions.append(pos)
             except ImageReadError as exc:
                 keys[pos] = None
                 self._skip(report, exc, on_error)
+        if not chips:
+            return
         names = [str(sources[pos][0]) for pos in positions]
         try:
-            outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
-                                       progress=progress)
+            outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error, progress=False)
         except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
             raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
@@ -155,7 +217,7 @@ class FeatureStore:
                 keys[pos] = None
                 report.failed.append(out["error"])
                 continue
-            self.save(keys[pos], config.feature_fingerprint, out)
+            self.save(keys[pos], config.feature_fingerprint, out)  # type: ignore[arg-type]
             feats[pos] = out
             report.extracted += 1
 
@@ -165,6 +227,31 @@ class FeatureStore:
             raise error
         logger.warning("%s; skipped", error)
         report.failed.append(str(error))
+
+
+def entry_problem(feats: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the arrays of a stored entry (None when they are features this package wrote)."""
+    kpts, desc, scores, size = (np.asarray(feats[name]) for name in ARRAY_KEYS)
+    if kpts.dtype != np.float32 or kpts.ndim != 2 or kpts.shape[1] != 2:
+        return f"keypoints {kpts.dtype} {kpts.shape}, expected float32 [N x 2]"
+    n = len(kpts)
+    if desc.dtype != np.float32 or desc.shape != (n, 128):
+        return f"descriptors {desc.dtype} {desc.shape}, expected float32 [{n} x 128]"
+    if scores.dtype != np.float32 or scores.shape != (n,):
+        return f"keypoint_scores {scores.dtype} {scores.shape}, expected float32 [{n}]"
+    if size.dtype.kind not in "iu" or size.shape != (2,) or not (size > 0).all():
+        return f"image_size {size.dtype} {size.shape}, expected two positive integers"
+    if not (np.isfinite(kpts).all() and np.isfinite(desc).all() and np.isfinite(scores).all()):
+        return "non-finite values"
+    return None
+
+
+def _chip_pixels(data: bytes, bbox: Optional[BBox]) -> int:
+    """Pixels the decoded chip will hold (header size, or the box); 0 when unknown (decoding will say why)."""
+    if bbox is not None:
+        return bbox[2] * bbox[3]
+    size = image_size(data)
+    return size[0] * size[1] if size else 0
 
 
 def annotation_features(

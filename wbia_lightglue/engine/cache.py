@@ -3,10 +3,23 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .config import Config
 from .extraction import features_nbytes
+
+
+def _frozen(feats: Mapping[str, Any]) -> Dict[str, Any]:
+    """A private copy of a feature dict whose arrays are read-only views (no data is copied)."""
+    out: Dict[str, Any] = {}
+    for name, value in feats.items():
+        if isinstance(value, np.ndarray):
+            value = value.view()
+            value.flags.writeable = False
+        out[name] = value
+    return out
 
 
 class FeatureCache:
@@ -15,6 +28,10 @@ class FeatureCache:
     Bounded by entry count and optionally by bytes. ``get_or_compute`` returns every feature it was asked
     for, including ones computed in the same call and evicted right away when the request is larger than
     the cache (they are handed back directly, never read back).
+
+    The cache keeps its own dict per entry and hands out a new dict of read-only arrays on every hit, so
+    a caller that replaces or resizes an array cannot grow the cache past its byte bound (or change what
+    the next caller gets): replacing a key changes only the caller's dict, writing into an array raises.
     """
 
     def __init__(self, max_entries: int = 10000, max_bytes: int = 0):
@@ -33,11 +50,12 @@ class FeatureCache:
                 return None
             self._entries.move_to_end((key, fingerprint))
             self.hits += 1
-            return feats
+            return dict(feats)
 
     def put(self, key: Any, fingerprint: str, feats: dict) -> None:
         if self.max_entries <= 0:
             return
+        feats = _frozen(feats)
         size = features_nbytes(feats)
         if self.max_bytes and size > self.max_bytes:
             return

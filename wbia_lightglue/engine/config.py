@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 DEFAULT_CONFIG_DIR = Path(os.environ.get("WBIA_LIGHTGLUE_CONFIG_DIR", "/v_config/lightglue"))
 DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "config.json"
@@ -28,7 +31,15 @@ FEATURE_CODE_VERSION = 1
 
 
 class ConfigError(ValueError):
-    """A config file or value is invalid; the message names the file, key and value."""
+    """A config file or value is invalid; the message names the file, key and value.
+
+    ``public`` is the same message without the offending value, for callers who did not write the file
+    (a web request naming a server-side config): it names the file and key, never their contents.
+    """
+
+    def __init__(self, message: str, public: Optional[str] = None):
+        super().__init__(message)
+        self.public = public if public is not None else message
 
 
 @dataclass(frozen=True)
@@ -47,8 +58,8 @@ class KeySpec:
             return False
         if self.kind == "integer":
             return isinstance(value, int)
-        if self.kind == "number":
-            return isinstance(value, (int, float))
+        if self.kind == "number":  # JSON reads NaN, Infinity and 1e400 (= inf): none is a usable setting
+            return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
         return isinstance(value, str)
 
 
@@ -61,8 +72,12 @@ def _adaptive(value: float) -> bool:
     return value == -1 or 0 < value <= 1
 
 
-def _device_name(value: str) -> bool:
-    return value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit())
+_CUDA_INDEX = re.compile(r"cuda:(0|[1-9][0-9]{0,2})", re.ASCII)  # ASCII digits only: '①'.isdigit() is True
+
+
+def device_name_ok(value: str) -> bool:
+    """auto, cpu, cuda, or cuda:N with N a plain decimal index below 1000."""
+    return value in DEVICES or _CUDA_INDEX.fullmatch(value) is not None
 
 
 SPECS: Dict[str, KeySpec] = {
@@ -78,17 +93,25 @@ SPECS: Dict[str, KeySpec] = {
     "screen_layer": KeySpec(0, "integer", lambda v: 0 <= v <= 8, "0 (off) .. 8"),
     "screen_score": KeySpec(10.0, "number", lambda v: v >= 0, ">= 0"),
     "image_size": KeySpec(512, "integer", lambda v: 64 <= v <= 4096, "64..4096"),
-    "feature_cache_max_size": KeySpec(10000, "integer", lambda v: v >= 0, ">= 0 (0 disables the cache)"),
+    "feature_cache_max_size": KeySpec(10000, "integer", lambda v: 0 <= v <= 10**9,
+                                      "0..1000000000 (0 disables the cache)"),
     # ~1 MiB per annotation at 2048 keypoints: 10,000 entries alone could take 10 GiB
-    "feature_cache_max_bytes": KeySpec(2 << 30, "integer", lambda v: v >= 0, ">= 0 (0 = no byte bound)"),
-    "device": KeySpec("auto", "string", _device_name, "auto, cpu, cuda or cuda:N"),
+    "feature_cache_max_bytes": KeySpec(2 << 30, "integer", lambda v: 0 <= v <= 1 << 50,
+                                       "0..2**50 (0 = no byte bound)"),
+    "device": KeySpec("auto", "string", device_name_ok, "auto, cpu, cuda or cuda:N"),
     "compile": KeySpec(True, "boolean"),
     "mixed_precision": KeySpec(True, "boolean"),
     "cpu_precision": KeySpec("fp32", "string", *_choice(*CPU_PRECISIONS)),
-    "batch_memory_mb": KeySpec(0, "integer", lambda v: v >= 0, ">= 0 (0 = automatic)"),
+    "batch_memory_mb": KeySpec(0, "integer", lambda v: 0 <= v <= 1 << 24, "0..16777216 (0 = automatic)"),
     "score": KeySpec("confidence_sum", "string", *_choice(*SCORE_NAMES)),
     "score_match_threshold": KeySpec(0.5, "number", lambda v: 0 <= v < 1, "0 <= x < 1"),
     "name_score": KeySpec("max", "string", *_choice(*NAME_SCORES)),
+    # standalone tool: a photo whose header claims more pixels is skipped unread (decompression bombs);
+    # 160 MP decodes to 480 MB of BGR. OpenCV itself refuses more than 2**30.
+    "max_image_pixels": KeySpec(160_000_000, "integer", lambda v: 1 <= v <= 1 << 30, "1..2**30 (1073741824)"),
+    # WBIA: the synchronous match-score route refuses larger databases (0 = automatic from the device and
+    # keypoints, see wbia_plugin.routes.sync_database_limit); bigger queries go through the job engine
+    "web_max_database": KeySpec(0, "integer", lambda v: 0 <= v <= 100_000, "0 (automatic) .. 100000"),
 }
 DEFAULTS: Dict[str, Any] = {key: spec.default for key, spec in SPECS.items()}
 
@@ -182,12 +205,25 @@ def validate(values: Mapping[str, Any], source: Optional[str] = None) -> None:
     for key, value in values.items():
         spec = SPECS.get(key)
         if spec is None:
-            raise ConfigError(
-                f"{where}: unknown key {key!r} (value {value!r}); valid keys: {', '.join(SPECS)}")
+            valid = f"valid keys: {', '.join(SPECS)}"
+            raise ConfigError(f"{where}: unknown key {_short(key)} (value {_short(value)}); {valid}",
+                              public=f"{where}: unknown key {_short(key, 40)}; {valid}")
         if not spec.type_ok(value):
-            raise ConfigError(f"{where}: key {key!r} must be a {spec.kind}, got {value!r}")
+            expected = f"must be a{' finite' if isinstance(value, float) and spec.kind == 'number' else ''} {spec.kind}"
+            raise ConfigError(f"{where}: key {key!r} {expected}, got {_short(value)}",
+                              public=f"{where}: key {key!r} {expected}")
         if not spec.allowed(value):
-            raise ConfigError(f"{where}: key {key!r} has value {value!r}; expected {spec.allowed_text}")
+            raise ConfigError(f"{where}: key {key!r} has value {_short(value)}; expected {spec.allowed_text}",
+                              public=f"{where}: key {key!r} has a value outside {spec.allowed_text}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value for a message, cut to ``limit`` characters (a file may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse to read a huge one
 
 
 def load_config(config_path: Union[Config, str, Path, None] = None, **overrides: Any) -> Config:
@@ -195,6 +231,8 @@ def load_config(config_path: Union[Config, str, Path, None] = None, **overrides:
 
     With ``config_path=None`` the default file (``/v_config/lightglue/config.json``) is read when it
     exists, otherwise the built-in defaults apply. A path that was asked for and does not exist is an error.
+    Every problem with the file (not a regular file, too large, not UTF-8, not JSON, nested too deeply,
+    a key twice, a bad key or value) is a one-line ConfigError naming the file.
     """
     if isinstance(config_path, Config):
         return config_path.replace(**overrides) if overrides else config_path
@@ -204,20 +242,49 @@ def load_config(config_path: Union[Config, str, Path, None] = None, **overrides:
             return Config(overrides)
     else:
         path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    values = _read_json_object(path)
+    return Config({**values, **overrides}, source=str(path))
+
+
+def _read_json_object(path: Path) -> Dict[str, Any]:
     try:
-        text = path.read_text()
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, ValueError) as exc:  # ValueError: NUL in the path; OSError: e.g. name too long
+        raise ConfigError(f"config file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero never ends
+        raise ConfigError(f"config file {path} is not a regular file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {info.st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_CONFIG_BYTES + 1).decode("utf-8-sig")
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
-        values = json.loads(text)
+        values = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"config file {path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+            f"config file {path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+    except ValueError as exc:  # a duplicate key (below), or an integer of more than 4300 digits
+        raise ConfigError(f"config file {path} is not a usable config: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
-    return Config({**values, **overrides}, source=str(path))
+    return values
+
+
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    seen: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {_short(key)} appears twice")
+        seen[key] = value
+    return seen
 
 
 def resolve_config(config: ConfigLike) -> Config:

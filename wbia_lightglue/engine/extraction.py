@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, List, Literal, Mapping, Optional, Sequenc
 import numpy as np
 
 from .config import Config, ConfigLike, resolve_config
-from .models import DeviceLike, get_extractor, resolve_device
+from .models import DeviceLike, OutOfDeviceMemory, get_extractor, release_device_memory, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -124,6 +124,25 @@ def _run_aliked(extractor: Any, images: List[np.ndarray], device: "torch.device"
             for i in range(len(images))]
 
 
+def _run_aliked_or_none(extractor: Any, images: List[np.ndarray], device: "torch.device") -> Optional[List[dict]]:
+    """_run_aliked, or None when the device ran out of memory (the caller retries once it is released)."""
+    import torch
+
+    try:
+        return _run_aliked(extractor, images, device)
+    except torch.cuda.OutOfMemoryError:
+        return None
+
+
+def _back_off(chips: int, config: Config, device: "torch.device") -> int:
+    release_device_memory(device)
+    if chips <= 1:
+        raise OutOfDeviceMemory(f"out of memory on {device} extracting one chip at image_size {config['image_size']} "
+                                f"with {config['model_name']}; lower image_size or use a device with more memory")
+    logger.warning("out of memory on %s extracting %d chips at once; retrying %d at a time", device, chips, chips // 2)
+    return max(1, chips // 2)
+
+
 def extract_features(
     chips: Sequence[np.ndarray],
     config: ConfigLike = None,
@@ -142,7 +161,8 @@ def extract_features(
         keys: one name per chip (e.g. annotation ids) used in messages.
         on_error: 'skip' (default): an unusable chip is logged and gets empty features with an ``error``
             entry, so one bad annotation never fails the others; 'raise': raise InvalidChipError.
-        batch_size: chips per forward; default 1 on CPU (no gain there) and 16 on CUDA.
+        batch_size: chips per forward; default 1 on CPU (no gain there) and 16 on CUDA. When the device runs
+            out of memory the batch is halved and retried; one chip that does not fit raises OutOfDeviceMemory.
 
     Returns:
         One dict per chip: ``keypoints`` [N x 2] float32 (x, y) in the chip's own pixel coordinates,
@@ -177,9 +197,13 @@ def extract_features(
         step = batch_size or (16 if device.type == "cuda" else 1)
         prepared.sort(key=lambda item: item[1].shape[:2])  # similar shapes together: little padding
         bar = tqdm(total=len(prepared), desc="ALIKED", unit="chip", disable=not progress or len(prepared) < 2)
-        for start in range(0, len(prepared), step):
+        start = 0
+        while start < len(prepared):
             group = prepared[start:start + step]
-            outputs = _run_aliked(extractor, [item[1] for item in group], device)
+            outputs = _run_aliked_or_none(extractor, [item[1] for item in group], device)
+            if outputs is None:  # out of device memory: halve the batch and retry (alone: give up)
+                step = _back_off(len(group), config, device)
+                continue
             for (pos, _, scale, size), out in zip(group, outputs):
                 # resized-pixel -> chip-pixel coordinates (pixel centres), as upstream's Extractor.extract
                 out["keypoints"] = ((out["keypoints"] + 0.5) / np.asarray(scale, np.float32) - 0.5).astype(np.float32)
@@ -187,5 +211,6 @@ def extract_features(
                 out["fingerprint"] = config.feature_fingerprint
                 results[pos] = out
             bar.update(len(group))
+            start += len(group)
         bar.close()
     return results  # type: ignore[return-value]

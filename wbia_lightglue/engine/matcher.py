@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .match_types import Features, LayerHook, LayerScores, MatchResult, MatchSettings
+from .models import OutOfDeviceMemory, release_device_memory
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -215,7 +216,10 @@ class BatchedLightGlue:
 
     # ------------------------------------------------------------------ inputs
     def _tensor(self, array: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
+        array = np.asarray(array)
+        if not array.flags.writeable:  # cached features are read-only; torch cannot share such memory
+            array = array.copy()
+        return torch.as_tensor(array, dtype=dtype, device=self.device)
 
     def _encode(self, kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         return self.model.posenc(normalize_keypoints(kpts, size))
@@ -261,6 +265,8 @@ class BatchedLightGlue:
 
         ``layer_hook``, when given, is called after every layer but the last with the confidence sums of
         the pairs still running (it costs one assignment per layer: for tracing, not for production).
+        When the device runs out of memory, the batch is halved and retried (``batch_size`` is then an
+        upper bound); one pair that does not fit raises OutOfDeviceMemory.
         """
         results: Dict[int, MatchResult] = {}
         m = len(query["keypoints"])
@@ -272,16 +278,39 @@ class BatchedLightGlue:
         if todo:
             query_side = self._query_side(query)
             bar = tqdm(total=len(todo), desc="LightGlue", unit="pair", disable=not progress, leave=False)
-            start = 0
+            start, cap = 0, batch_size
             while start < len(todo):
-                chunk = todo[start:start + (batch_size or self.auto_batch_size(m, sizes[todo[start]]))]
+                size = batch_size or self.auto_batch_size(m, sizes[todo[start]])
+                chunk = todo[start:start + min(size, cap or size)]
                 hook = None if layer_hook is None else _reindexed(layer_hook, chunk)
-                for row, result in self._match_batch(query_side, [database[j] for j in chunk], m, settings, hook):
+                try:
+                    batch = self._match_batch(query_side, [database[j] for j in chunk], m, settings, hook)
+                except torch.cuda.OutOfMemoryError:
+                    batch = None  # handled below, once the failed batch's tensors are released
+                if batch is None:
+                    cap = self._back_off(len(chunk), m, sizes[chunk[0]])
+                    continue
+                for row, result in batch:
                     results[chunk[row]] = result
                 bar.update(len(chunk))
                 start += len(chunk)
             bar.close()
         return [results[j] for j in range(len(database))]
+
+    def _back_off(self, pairs: int, m: int, n: int) -> int:
+        """After running out of device memory with ``pairs`` pairs: the smaller batch to retry with.
+
+        A single pair that does not fit raises OutOfDeviceMemory (keypoints too many for this device).
+        A layer hook may see the pairs of the failed batch again.
+        """
+        release_device_memory(self.device)
+        if pairs <= 1:
+            raise OutOfDeviceMemory(f"out of memory on {self.device} matching one pair of {m} x {n} keypoints; "
+                                    "lower max_num_keypoints or use a device with more memory")
+        smaller = max(1, pairs // 2)
+        logger.warning("out of memory on %s matching %d pairs at once; retrying %d at a time", self.device, pairs,
+                       smaller)
+        return smaller
 
     def auto_batch_size(self, m: int, n: int) -> int:
         """Pairs per batch from a memory budget (free GPU memory on CUDA, a fixed budget on CPU)."""

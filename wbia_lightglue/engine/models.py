@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Optional, Union
 
-from .config import DEVICES, Config, ConfigError
+from .config import DEVICES, Config, ConfigError, device_name_ok
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +21,18 @@ logger = logging.getLogger("wbia_lightglue")
 DeviceLike = Union[str, "torch.device", None]
 
 
+class OutOfDeviceMemory(RuntimeError):
+    """One item (a chip, a pair) does not fit in the device's memory even alone; the message says which."""
+
+
+def release_device_memory(device: "torch.device") -> None:
+    """Return cached CUDA blocks after an out-of-memory error, so that a smaller retry can use them."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def resolve_device(config: Config, device: DeviceLike = None) -> "torch.device":
     """The torch device for ``device`` (or the config's): 'auto' is CUDA when available, else CPU."""
     import torch
@@ -30,10 +42,13 @@ def resolve_device(config: Config, device: DeviceLike = None) -> "torch.device":
     name = device or config["device"]
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in DEVICES and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ConfigError(f"unknown device {name!r}; expected {', '.join(DEVICES)} or cuda:N")
+    if not isinstance(name, str) or not device_name_ok(name):
+        raise ConfigError(f"unknown device {str(name)[:40]!r}; expected {', '.join(DEVICES)} or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was requested but CUDA is not available on this machine")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} was requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)")
     return torch.device(name)
 
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..data.files import atomic_write_text
+from ..data.files import atomic_write_text, read_regular_file
 from ..engine import config as config_module
 from ..engine.config import Config
 
@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 METHODS = ("isotonic", "logistic")
 LOGISTIC_KNOTS = 64
 CALIBRATION_SUFFIX = ".calibration.json"
+MAX_CALIBRATION_BYTES = 16 << 20  # isotonic knots of millions of pairs fit in a few MB
 
 
 class CalibrationError(ValueError):
@@ -59,13 +60,23 @@ class Calibration:
     meta: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("x", "p"):  # lists of plain numbers: no strings ("1.5"), booleans, nested lists
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple, np.ndarray)) or not all(
+                    isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    for v in values):
+                raise CalibrationError(f"calibration knots {name} must be a list of numbers")
+        if not isinstance(self.match_fingerprint, str) or not isinstance(self.score, str):
+            raise CalibrationError("calibration match_fingerprint and score must be strings")
         x, p = np.asarray(self.x, float), np.asarray(self.p, float)
         if x.ndim != 1 or len(x) == 0 or x.shape != p.shape:
             raise CalibrationError(f"calibration needs as many knots x as p (>= 1), got {x.shape} and {p.shape}")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):  # NaN passes every comparison below
+            raise CalibrationError("calibration knots and probabilities must be finite numbers")
         if np.any(np.diff(x) < 0) or np.any(np.diff(p) < 0):
             raise CalibrationError("calibration knots must be non-decreasing in x and in p")
-        if np.any(p < 0) or np.any(p > 1) or not np.all(np.isfinite(x)):
-            raise CalibrationError("calibration probabilities must lie in [0, 1] and knots be finite")
+        if np.any(p < 0) or np.any(p > 1):
+            raise CalibrationError("calibration probabilities must lie in [0, 1]")
 
     def probability(self, scores: Union[float, Sequence[float], np.ndarray]) -> np.ndarray:
         """P(same individual) of each raw score (array of the input's shape; clipped outside the knots)."""
@@ -77,11 +88,11 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Calibration":
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-            raise CalibrationError(f"not a version-{FORMAT_VERSION} calibration: {str(data)[:80]}")
+            raise CalibrationError(f"not a version-{FORMAT_VERSION} calibration")
         try:
             return cls(**{k: v for k, v in data.items() if k != "version"})
-        except TypeError as exc:
-            raise CalibrationError(f"malformed calibration: {exc}") from None
+        except (TypeError, ValueError) as exc:  # unknown fields, or values numpy cannot read
+            raise CalibrationError(f"malformed calibration: {str(exc)[:120]}") from None
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the JSON file atomically."""
@@ -89,10 +100,20 @@ class Calibration:
 
     @classmethod
     def read(cls, path: Union[str, Path]) -> "Calibration":
+        """Read a calibration file; CalibrationError (one line) for anything but a valid one, OSError if unreadable."""
+        data = read_regular_file(path, MAX_CALIBRATION_BYTES)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(json.loads(data.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise CalibrationError(f"calibration {path} is not UTF-8 text (a binary file?)") from None
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"calibration {path} is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise CalibrationError(f"calibration {path} is nested too deeply") from None
+        except CalibrationError:
+            raise
+        except (ValueError, TypeError) as exc:  # e.g. an integer of more than 4300 digits
+            raise CalibrationError(f"calibration {path} is malformed: {str(exc)[:120]}") from None
 
 
 # ============================================================================ fitting
@@ -226,11 +247,11 @@ def load_calibration(config: Config, path: Union[str, Path, None] = None) -> Opt
     with a warning, as is an unreadable one: raw scores are still returned, just without probabilities.
     """
     path = Path(path) if path is not None else calibration_path(config)
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
         calibration = Calibration.read(path)
-    except (OSError, CalibrationError) as exc:
+    except (OSError, CalibrationError) as exc:  # a FIFO, a folder, binary, ragged, NaN...: never fatal
         logger.warning("calibration %s is unusable (%s); scores are not calibrated", path, exc)
         return None
     if calibration.match_fingerprint != config.match_fingerprint:

@@ -1,9 +1,18 @@
-"""Web routes of the plugin under ``/api/plugin/lightglue/`` and the check on web-supplied config paths."""
+"""Web routes of the plugin under ``/api/plugin/lightglue/`` and the check on web-supplied config paths.
+
+What a web caller can rely on: bad input is a 4xx with a short JSON message naming the parameter; no
+traceback, no absolute server path and no config file contents are echoed in an error (the server log
+has the details); lists are capped (``MAX_LIST_LENGTH``, and for the synchronous match-score route
+``sync_database_limit``, whose message points to WBIA's job route).
+"""
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import uuid
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from .registry import API_PREFIX, FEATURES_TABLE, register_api, register_ibs_method  # first: shims
 
@@ -12,7 +21,58 @@ from wbia.control import controller_inject  # noqa: E402
 from .. import core  # noqa: E402
 from ..engine import config as config_module  # noqa: E402
 from ..evaluation import calibration  # noqa: E402
+from ..engine.memory import check_memory  # noqa: E402
+from ..engine.models import OutOfDeviceMemory, resolve_device  # noqa: E402
 from .plugin import _features_depc_config  # noqa: E402
+
+logger = logging.getLogger("wbia_lightglue")
+
+MAX_LIST_LENGTH = 10_000  # UUIDs in one request to the feature-status route
+MAX_CONFIG_PATH = 255  # characters of a web-supplied config_path (a file name inside the config directory)
+JOB_ROUTE = ("POST /api/engine/query/graph/ with query_config_dict={'pipeline_root': 'LightGlue'} "
+             "(runs as a WBIA job)")
+# web_max_database = 0 (automatic): on CUDA this many database annotations per synchronous request; on CPU
+# CPU_SYNC_PAIRS at 512 keypoints, fewer as keypoints grow (a pair costs ~keypoints**2), at least CPU_SYNC_MIN.
+# On the 2-core CPU of the README's Performance figures that is 9-17 s of matching at 512-2048 keypoints.
+CUDA_SYNC_PAIRS = 2000
+CPU_SYNC_PAIRS = 100
+CPU_SYNC_MIN = 10
+
+
+def sync_database_limit(config: core.Config) -> int:
+    """The largest database the synchronous match-score route scores under ``config``."""
+    if config["web_max_database"]:
+        return int(config["web_max_database"])
+    if resolve_device(config).type == "cuda":
+        return CUDA_SYNC_PAIRS
+    return max(CPU_SYNC_MIN, int(CPU_SYNC_PAIRS * (512 / config["max_num_keypoints"]) ** 2))
+
+
+def _web_route(func: Callable) -> Callable:
+    """Errors of a route as short JSON: WBIA's own Web* exceptions pass; anything else is logged here with
+    its traceback and answered 500 with one line (WBIA would put the traceback in the response)."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def route(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            if not args:  # WBIA first calls func(**params) and retries with ibs on a TypeError
+                raise
+            raise controller_inject.WebInvalidInput(f"bad parameters: {exc}") from None
+        try:
+            return func(*args, **kwargs)
+        except controller_inject.WebException:
+            raise
+        except OutOfDeviceMemory as exc:  # our own message: names keypoints and device only
+            raise controller_inject.WebRuntimeException(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - nothing else may reach the caller with a traceback
+            logger.exception("lightglue web route %s failed", func.__name__)
+            raise controller_inject.WebRuntimeException(
+                f"{func.__name__} failed ({type(exc).__name__}); the server log has the details") from None
+
+    return route
 
 
 def resolve_config_path(config_path: Any) -> Optional[Path]:
@@ -20,46 +80,84 @@ def resolve_config_path(config_path: Any) -> Optional[Path]:
 
     ``None`` or ``''`` is the default config. Otherwise a file name relative to
     ``config_module.DEFAULT_CONFIG_DIR`` (or an absolute path inside it); ``..`` components, paths outside
-    the directory and symlinks pointing out of it are refused with ValueError.
+    the directory, symlinks pointing out of it, names longer than ``MAX_CONFIG_PATH`` characters and NUL
+    bytes are refused with ValueError. The messages never name the server's directory.
     """
     if config_path is None or config_path == "":
         return None
     if not isinstance(config_path, str):
         raise ValueError(f"config_path must be a string, got {type(config_path).__name__}")
+    if len(config_path) > MAX_CONFIG_PATH:
+        raise ValueError(f"config_path is {len(config_path)} characters long; at most {MAX_CONFIG_PATH}")
+    if "\0" in config_path:
+        raise ValueError("config_path may not contain a NUL character")
     if ".." in Path(config_path).parts:
         raise ValueError(f"config_path {config_path!r} may not contain '..'")
     root = Path(config_module.DEFAULT_CONFIG_DIR).resolve()
     candidate = Path(config_path) if Path(config_path).is_absolute() else root / config_path
-    resolved = candidate.resolve()  # follows symlinks: a link out of the directory is caught below
-    if resolved != root and root not in resolved.parents:
-        raise ValueError(f"config_path {config_path!r} is outside the config directory {root}")
-    if not resolved.is_file():
-        raise ValueError(f"config_path {config_path!r} is not a file in the config directory {root}")
+    try:
+        resolved = candidate.resolve()  # follows symlinks: a link out of the directory is caught below
+        inside = resolved == root or root in resolved.parents
+        is_file = inside and resolved.is_file()
+    except OSError as exc:  # e.g. a name component over 255 bytes (ENAMETOOLONG), a symlink loop
+        raise ValueError(f"config_path {config_path!r} cannot be used: {exc.strerror or 'invalid'}") from None
+    if not inside:
+        raise ValueError(f"config_path {config_path!r} is outside the config directory")
+    if not is_file:
+        raise ValueError(f"config_path {config_path!r} is not a file in the config directory")
     return resolved
 
 
 def _web_config(config_path: Any) -> core.Config:
+    """The config a request names; WebInvalidInput (400) with a message free of server paths otherwise."""
+    shown = str(config_path)[:MAX_CONFIG_PATH]
+    path: Optional[Path] = None
     try:
-        return core.load_config(resolve_config_path(config_path))
+        path = resolve_config_path(config_path)
+        config = core.load_config(path)
+        check_memory(config)  # settings that cannot fit on this server: refuse now, not mid-request
+        return config
     except (ValueError, core.ConfigError) as exc:  # ConfigError is a ValueError; both are the caller's
-        raise controller_inject.WebInvalidInput(str(exc), key="config_path", value=str(config_path)) from exc
+        message = exc.public if isinstance(exc, core.ConfigError) else str(exc)  # no values from the file
+        raise controller_inject.WebInvalidInput(_without_server_paths(message, path, shown),
+                                                key="config_path", value=shown) from None
+
+
+def _without_server_paths(message: str, path: Optional[Path], shown: str) -> str:
+    """``message`` with the config file's absolute path replaced by the name the caller gave."""
+    if path is not None:
+        message = message.replace(str(path), shown)
+    for root in {str(Path(config_module.DEFAULT_CONFIG_DIR).resolve()), str(config_module.DEFAULT_CONFIG_DIR)}:
+        message = message.replace(root, "<config dir>")
+    return message
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _parse_uuid(value: Any, key: str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 64:
         try:
             return uuid.UUID(value)
         except ValueError:
             pass
-    raise controller_inject.WebInvalidInput(f"{key}: {value!r} is not a UUID", key=key, value=str(value))
+    raise controller_inject.WebInvalidInput(f"{key}: {_shown(value)} is not a UUID", key=key, value=_shown(value))
 
 
-def _parse_uuid_list(values: Any, key: str) -> List[uuid.UUID]:
+def _parse_uuid_list(values: Any, key: str, limit: int, hint: str = "") -> List[uuid.UUID]:
+    """The UUIDs of a JSON list of at most ``limit`` entries (checked before any is parsed)."""
     if not isinstance(values, (list, tuple)):
         raise controller_inject.WebInvalidInput(
-            f"{key} must be a JSON list of annotation UUIDs, got {type(values).__name__}", key=key, value=str(values))
+            f"{key} must be a JSON list of annotation UUIDs, got {type(values).__name__}", key=key,
+            value=_shown(values))
+    if len(values) > limit:
+        raise controller_inject.WebInvalidInput(
+            f"{key} holds {len(values)} entries; this route accepts at most {limit}{hint}", key=key,
+            value=f"{len(values)} entries")
     return [_parse_uuid(value, f"{key}[{i}]") for i, value in enumerate(values)]
 
 
@@ -73,22 +171,27 @@ def _aids_from_uuids(ibs, uuids: List[uuid.UUID]) -> List[int]:
 
 @register_ibs_method
 @register_api(f"{API_PREFIX}/match/score/", methods=["GET", "POST"])
+@_web_route
 def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_list=None, config_path=None):
     """Raw LightGlue scores of one query annotation against database annotations (by UUID).
 
     Returns ``{"query_annot_uuid", "database_annot_uuid_list", "score_list", "probability_list",
     "config_path"}`` with scores in the order of ``database_annot_uuid_list``; ``probability_list``
     holds P(same individual) per score when the config has a calibration (``lightglue_calibrate``),
-    else None.
+    else None (also when the calibration file is unusable: a warning is logged).
+
+    It runs inside WBIA's web server, which answers one request at a time, so the database is capped
+    (``sync_database_limit``: config ``web_max_database``); larger queries go through the job route.
     """
     if query_annot_uuid is None:
         raise controller_inject.WebMissingInput("query_annot_uuid is required", key="query_annot_uuid")
     if database_annot_uuid_list is None:
         raise controller_inject.WebMissingInput("database_annot_uuid_list is required",
                                                 key="database_annot_uuid_list")
-    quuid = _parse_uuid(query_annot_uuid, "query_annot_uuid")
-    duuids = _parse_uuid_list(database_annot_uuid_list, "database_annot_uuid_list")
     config = _web_config(config_path)
+    quuid = _parse_uuid(query_annot_uuid, "query_annot_uuid")
+    duuids = _parse_uuid_list(database_annot_uuid_list, "database_annot_uuid_list", sync_database_limit(config),
+                              f" synchronously (config web_max_database); for more use {JOB_ROUTE}")
     qaid = _aids_from_uuids(ibs, [quuid])[0]
     daids = _aids_from_uuids(ibs, duuids)
     scores = ibs.lightglue_match_scores(qaid, daids, config)
@@ -100,6 +203,7 @@ def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_l
 
 @register_ibs_method
 @register_api(f"{API_PREFIX}/config/", methods=["GET"])
+@_web_route
 def lightglue_api_config(ibs, config_path=None):
     """The effective config (defaults overridden by the file) and its fingerprints."""
     config = _web_config(config_path)
@@ -110,11 +214,12 @@ def lightglue_api_config(ibs, config_path=None):
 
 @register_ibs_method
 @register_api(f"{API_PREFIX}/feature/", methods=["GET"])
+@_web_route
 def lightglue_api_feature_status(ibs, annot_uuid_list=None, config_path=None):
     """Whether each annotation's features for the config are stored in SQLite (nothing is computed)."""
     if annot_uuid_list is None:
         raise controller_inject.WebMissingInput("annot_uuid_list is required", key="annot_uuid_list")
-    uuids = _parse_uuid_list(annot_uuid_list, "annot_uuid_list")
+    uuids = _parse_uuid_list(annot_uuid_list, "annot_uuid_list", MAX_LIST_LENGTH)
     config = _web_config(config_path)
     aids = _aids_from_uuids(ibs, uuids)
     rowids = ibs.depc_annot.get_rowids(FEATURES_TABLE, aids, config=_features_depc_config(config), ensure=False)
