@@ -141,6 +141,44 @@ def test_cache_does_not_pin_features_of_unusable_chips():
     assert len(cache) == 0
 
 
+def test_cache_does_not_keep_features_computed_while_their_annotation_changed():
+    cache = FeatureCache(max_entries=10)
+    stale = {**fake_features(5), "stale": True}
+    assert cache.get_or_compute([1], "fp", lambda keys: [stale])[0] is stale
+    assert len(cache) == 0 and not core.cacheable(stale) and core.cacheable(fake_features(5))
+
+
+def test_cache_composite_keys_are_invalidated_by_their_owner():
+    # WBIA keys features by (annotation UUID, visual UUID): an edit makes a new key; the owner drops all
+    cache = FeatureCache(max_entries=10)
+    cache.put(("annot-a", "look-1"), "fp", fake_features())
+    cache.put(("annot-a", "look-2"), "fp", fake_features())
+    cache.put(("annot-b", "look-1"), "fp", fake_features())
+    assert cache.get(("annot-a", "look-3"), "fp") is None
+    assert cache.invalidate(["annot-a"]) == 2 and len(cache) == 1
+    assert cache.get(("annot-b", "look-1"), "fp") is not None
+
+
+def test_match_cache_keeps_only_drawable_results_within_its_bounds():
+    def result(k, n=100):
+        return core.MatchResult(score=float(k), num_matches=n, stop_layer=9,
+                                matches=np.zeros((n, 2), np.int64), confidences=np.ones(n, np.float32))
+
+    cache = core.MatchCache(max_entries=3, max_bytes=1 << 20)
+    cache.put("no matches", core.MatchResult(score=1.0, num_matches=3, stop_layer=9))
+    assert len(cache) == 0  # nothing to draw from
+    for k in range(5):
+        cache.put(k, result(k))
+    assert len(cache) == 3 and cache.get(0) is None and cache.get(4).score == 4.0
+    cache.get(2)  # most recently used now
+    cache.put(5, result(5))
+    assert cache.get(3) is None and cache.get(2) is not None
+    small = core.MatchCache(max_entries=100, max_bytes=3000)  # one result is 100 x 20 bytes + overhead
+    for k in range(3):
+        small.put(k, result(k))
+    assert len(small) == 1 and small.get(2) is not None
+
+
 def test_cache_and_registry_survive_eight_threads():
     cache = FeatureCache(max_entries=20)
     registry = core.ModelRegistry()

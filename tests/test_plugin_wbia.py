@@ -11,10 +11,12 @@ import csv
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -249,13 +251,13 @@ def test_request_computes_each_needed_pair_once_batched_by_query(db, monkeypatch
     ibs = db["ibs"]
     made = _made(db)
     calls = []
-    original = core.match_scores
+    original = core.match_pairs
 
     def spy(query, database, *args, **kwargs):
         calls.append(len(database))
         return original(query, database, *args, **kwargs)
 
-    monkeypatch.setattr(core, "match_scores", spy)
+    monkeypatch.setattr(core, "match_pairs", spy)
     cfg = {"config_path": str(engine_config.DEFAULT_CONFIG_DIR / "other.json")}  # new config: nothing stored yet
     cms = ibs.depc_annot.new_request("LightGlue", made[:3], made, cfg).execute()
     assert len(cms) == 3
@@ -266,19 +268,72 @@ def test_request_computes_each_needed_pair_once_batched_by_query(db, monkeypatch
         ibs.depc_annot.new_request("LightGlue", made[:1], made, {"config_path": "/etc/passwd"})
 
 
-def test_render_single_result_draws_correspondences(db):
+def _wbia_render_config(draw_matches: bool, draw_heatmask: bool, view_orientation: str = "horizontal") -> dict:
+    """The render options WBIA 4.0.4's ensure_review_image passes to render_single_result (web/apis_query.py)."""
+    return {"dpi": 300, "overlay": True, "draw_fmatches": True, "draw_fmatch": draw_matches,
+            "show_matches": draw_matches, "show_ell": draw_matches, "show_lines": draw_matches, "show_ori": False,
+            "heatmask": draw_heatmask, "vert": view_orientation == "vertical", "show_aidstr": False,
+            "show_name": False, "show_exemplar": False, "show_num_gt": False, "show_timedelta": False,
+            "show_name_rank": False, "show_score": False, "show_annot_score": False, "show_name_score": False,
+            "draw_lbl": False, "draw_border": False, "white_background": True}
+
+
+def test_review_images_follow_wbia_render_options_and_reuse_the_jobs_matches(db, monkeypatch):
     ibs = db["ibs"]
     made = _made(db)
-    request = ibs.depc_annot.new_request("LightGlue", [made[0]], [made[1]], {})
+    calls = []
+    original = core.match_pairs
+    monkeypatch.setattr(core, "match_pairs", lambda q, d, *a, **k: calls.append(len(d)) or original(q, d, *a, **k))
+    core.get_match_cache().clear()
+    cfg = {"config_path": str(engine_config.DEFAULT_CONFIG_DIR / "other.json"), "name_score": "sum"}  # not stored
+    request = ibs.depc_annot.new_request("LightGlue", [made[0]], [made[1], made[2], made[4]], cfg)
     cm = request.execute()[0]
-    image = request.render_single_result(cm, made[1])
+    assert calls == [3]  # the scoring pass: one batched call
+    versions = {"matches": (True, False), "heatmask": (False, True), "clean": (False, False)}
+    images = {v: request.render_single_result(cm, made[1], **_wbia_render_config(*flags))
+              for v, flags in versions.items()}
+    assert calls == [3]  # three review images, no LightGlue run: the scoring pass's matches
     chips = ibs.get_annot_chips([made[0], made[1]])
-    assert image.ndim == 3 and image.shape[2] == 3
-    assert image.shape[1] > chips[0].shape[1] + chips[1].shape[1]  # both chips side by side
-    # Correspondence lines are coloured (green/yellow/red), which the grey-ish chips alone are not.
-    plain = np.zeros_like(image)
-    colourful = (image[..., 1].astype(int) - image[..., 0].astype(int) > 120).sum()
-    assert colourful > 200 and colourful > (plain[..., 1] > 0).sum()
+    for image in images.values():
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert image.shape[1] > chips[0].shape[1] + chips[1].shape[1]  # side by side (view 'horizontal')
+    clean = images["clean"].astype(int)
+    assert np.abs(images["matches"].astype(int) - clean).mean() > 1  # lines drawn over the chips
+    assert np.abs(images["heatmask"].astype(int) - clean).mean() > 1  # heat blended into the chips
+    hsv = {v: cv2.cvtColor(images[v], cv2.COLOR_BGR2HSV)[..., 1].mean() for v in images}
+    assert hsv["heatmask"] > hsv["clean"] + 5 and hsv["matches"] > hsv["clean"]
+    stacked = request.render_single_result(cm, made[1], **_wbia_render_config(False, True, "vertical"))
+    side_by_side = images["heatmask"]
+    assert stacked.shape[0] > stacked.shape[1] and side_by_side.shape[1] > side_by_side.shape[0]  # 'vert': stacked
+    # A pair this process did not score (here: the cache emptied) is matched once for all its versions.
+    core.get_match_cache().clear()
+    for flags in ((True, False), (False, True), (False, False)):
+        request.render_single_result(cm, made[2], **_wbia_render_config(*flags))
+    assert calls == [3, 1]
+
+
+def test_review_image_names_change_with_the_query(db):
+    """WBIA names review image files after the request's cfgstr (and qaid, daid): an edited query needs a new name."""
+    ibs = db["ibs"]
+    made = _made(db)
+    cfgstrs = {ibs.depc_annot.new_request("LightGlue", [q], made[2:], {}).get_cfgstr() for q in made[:2]}
+    assert len(cfgstrs) == 2
+
+
+def test_query_without_a_chip_fails_the_request_with_the_reason(db):
+    ibs = db["ibs"]
+    corrupt = db["role"]["corrupt"]
+    with pytest.raises(plugin_module.QueryChipError, match=rf"query annotation {corrupt} .*missing or unreadable"):
+        ibs.query_chips([corrupt], _made(db), cfgdict={"pipeline_root": "LightGlue"})
+
+
+def test_review_version_from_wbia_render_options():
+    version = plugin_module.review_version
+    assert version(_wbia_render_config(False, True)) == "heatmask"
+    assert version(_wbia_render_config(True, False)) == "matches"
+    assert version(_wbia_render_config(False, False)) == "clean"
+    assert version({}) == "matches"  # called without options (scripts): the correspondences
+    assert version({"show_matches": False}) == "clean"
 
 
 def test_evaluate_known_rank1_with_unnamed_and_single_sighting(db, caplog):
@@ -314,18 +369,43 @@ def test_evaluate_nyala(db):
     assert rank1 == pytest.approx(report.rank1)
 
 
-# ============================================================================ cache invalidation
-def test_bbox_change_invalidates_cached_and_stored_features(db, extraction_spy):
+# ============================================================================ fresh features
+def _new_annot(db, tmp_path, seed: int) -> int:
+    """A new annotation on its own project-made image (nothing computed for it yet)."""
+    ibs = db["ibs"]
+    gid = ibs.add_images([_write(tmp_path / f"fresh_{seed}.png", textured_chip(seed))])[0]
+    w, h = ibs.get_image_sizes([gid])[0]
+    return ibs.add_annots([gid], bbox_list=[(0, 0, w, h)], species_list=[SPECIES])[0]
+
+
+def _halve_bbox(ibs, aid: int) -> None:
+    w, h = ibs.get_image_sizes([ibs.get_annot_gids(aid)])[0]
+    ibs.set_annot_bboxes([aid], [(0, 0, w // 2, h)])  # another aspect ratio: another chip size
+
+
+def _chip_size(ibs, aid: int) -> tuple:
+    height, width = ibs.get_annot_chips([aid])[0].shape[:2]
+    return (width, height)
+
+
+def _stored_rowid(ibs, aid: int, config):
+    return ibs.depc_annot.get_rowids("LightGlueFeatures", [aid], config=plugin_module._features_depc_config(config),
+                                     ensure=False)[0]
+
+
+def test_bbox_change_gives_the_annotation_a_new_feature_key(db, extraction_spy):
     ibs = db["ibs"]
     aid = db["role"]["single"]
     config = core.load_config()
     cache = core.get_feature_cache(config)
     before = ibs.lightglue_features([aid])[0]
-    annot_uuid = ibs.get_annot_uuids([aid])[0]
-    assert cache.get(annot_uuid, config.feature_fingerprint) is not None
-    w, h = ibs.get_image_sizes([ibs.get_annot_gids(aid)])[0]
-    ibs.set_annot_bboxes([aid], [(0, 0, w // 2, h)])  # another aspect ratio: another chip size
-    assert cache.get(annot_uuid, config.feature_fingerprint) is None
+    key = plugin_module._feature_keys(ibs, [aid])[0]
+    assert key == (ibs.get_annot_uuids([aid])[0], ibs.get_annot_visual_uuids([aid])[0])
+    assert cache.get(key, config.feature_fingerprint) is not None
+    _halve_bbox(ibs, aid)
+    new_key = plugin_module._feature_keys(ibs, [aid])[0]
+    assert new_key[0] == key[0] and new_key[1] != key[1]  # WBIA gave the edited annotation a new visual UUID
+    assert cache.get(key, config.feature_fingerprint) is None  # and the old entry was let go (memory)
     extraction_spy.clear()
     after = ibs.lightglue_features([aid])[0]
     assert [aid] in extraction_spy  # recomputed from the new chip, not read back from SQLite
@@ -333,6 +413,145 @@ def test_bbox_change_invalidates_cached_and_stored_features(db, extraction_spy):
     stored = ibs.depc_annot.get("LightGlueFeatures", [aid], "image_size",
                                 config=plugin_module._features_depc_config(config))[0]
     np.testing.assert_array_equal(stored, after["image_size"])
+
+
+def test_image_unreadable_for_a_moment_is_retried_by_the_next_request(db, tmp_path):
+    ibs = db["ibs"]
+    config = core.load_config()
+    aid = _new_annot(db, tmp_path, 300)
+    stored = Path(ibs.get_image_paths([ibs.get_annot_gids(aid)])[0])
+    away = stored.with_name(stored.name + ".away")
+    stored.rename(away)
+    try:
+        feats = ibs.lightglue_features([aid])[0]
+    finally:
+        away.rename(stored)
+    assert len(feats["keypoints"]) == 0 and "missing or unreadable" in feats["error"] and str(stored) in feats["error"]
+    assert _stored_rowid(ibs, aid, config) is None  # nothing pinned in SQLite ...
+    key = plugin_module._feature_keys(ibs, [aid])[0]
+    assert core.get_feature_cache(config).get(key, config.feature_fingerprint) is None  # ... nor in memory
+    again = ibs.lightglue_features([aid])[0]  # the image is back: computed and stored now
+    assert len(again["keypoints"]) > 50 and "error" not in again
+    assert _stored_rowid(ibs, aid, config) is not None
+
+
+def test_empty_rows_stored_by_older_versions_are_computed_again(db, tmp_path, monkeypatch):
+    ibs = db["ibs"]
+    config = core.load_config()
+    aid = _new_annot(db, tmp_path, 303)
+    # What older versions stored for an unreadable image: a row of empty features of a (0, 0) chip.
+    with monkeypatch.context() as mp:
+        mp.setattr(ibs, "lightglue_compute_features",
+                   lambda aids, cfg=None: [core.empty_features(config) for _ in aids])
+        assert len(ibs.lightglue_features([aid])[0]["keypoints"]) == 0
+    core.get_feature_cache(config).clear()
+    feats = ibs.lightglue_features([aid])[0]
+    assert len(feats["keypoints"]) > 50
+    stored = ibs.depc_annot.get("LightGlueFeatures", [aid], "keypoints",
+                                config=plugin_module._features_depc_config(config))[0]
+    assert len(stored) == len(feats["keypoints"])
+
+
+def test_an_edit_during_extraction_is_not_undone_by_the_late_write(db, tmp_path, monkeypatch):
+    ibs = db["ibs"]
+    config = core.load_config()
+    aid = _new_annot(db, tmp_path, 301)
+    old_key = plugin_module._feature_keys(ibs, [aid])[0]
+    old_chip = _chip_size(ibs, aid)
+    original = core.extract_features
+    edited = []
+
+    def extract_then_edit(chips, *args, **kwargs):
+        out = original(chips, *args, **kwargs)
+        if aid in (kwargs.get("keys") or []) and not edited:
+            _halve_bbox(ibs, aid)  # as another process would, while this one still extracts the old chip
+            edited.append(True)
+        return out
+
+    monkeypatch.setattr(core, "extract_features", extract_then_edit)
+    first = ibs.lightglue_features([aid])[0]
+    assert edited and first.get("stale")
+    # The old chip's features reached neither SQLite (written after WBIA's deletion) nor memory.
+    assert _stored_rowid(ibs, aid, config) is None
+    new_key = plugin_module._feature_keys(ibs, [aid])[0]
+    cache = core.get_feature_cache(config)
+    assert cache.get(old_key, config.feature_fingerprint) is None
+    assert cache.get(new_key, config.feature_fingerprint) is None
+    fresh = ibs.lightglue_features([aid])[0]
+    new_chip = _chip_size(ibs, aid)
+    assert new_chip != old_chip
+    assert tuple(first["image_size"]) == old_chip and tuple(fresh["image_size"]) == new_chip
+    assert tuple(ibs.depc_annot.get("LightGlueFeatures", [aid], "image_size",
+                                    config=plugin_module._features_depc_config(config))[0]) == new_chip
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import wbia_lightglue, wbia
+    from wbia_lightglue import core
+    ibs = wbia.opendb(dbdir=sys.argv[1])
+    aid, other = int(sys.argv[2]), int(sys.argv[3])
+    cache = core.get_feature_cache(core.load_config())
+    for command in sys.stdin:
+        if command.strip() != "features":
+            break
+        cached = len(cache)
+        feats = ibs.lightglue_features([aid])[0]
+        score = ibs.lightglue_match_scores(aid, [other])[0]
+        print("RESULT " + json.dumps({"image_size": [int(v) for v in feats["image_size"]], "cached_before": cached,
+                                      "score": score}), flush=True)
+""")
+
+
+def _result_line(proc, timeout: float = 300) -> dict:
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+    raise AssertionError(f"no result from the worker process (exit code {proc.poll()})")
+
+
+def test_an_edit_in_one_process_is_never_served_stale_by_another(db, config_dir, tmp_path):
+    """Two real processes on one database, as WBIA's web process and a job-engine worker: the worker has the
+    annotation's features in memory; this process changes its bbox; the worker's next request uses the new chip."""
+    ibs = db["ibs"]
+    aid = _new_annot(db, tmp_path, 302)
+    gid = ibs.get_annot_gids(aid)
+    w, h = ibs.get_image_sizes([gid])[0]
+    other = ibs.add_annots([gid], bbox_list=[(1, 0, w - 1, h)], species_list=[SPECIES])[0]  # nearly its twin
+    assert other != aid
+    ibs.lightglue_features([aid, other])
+    old_chip = _chip_size(ibs, aid)
+    env = {**os.environ, "WBIA_LIGHTGLUE_CONFIG_DIR": str(config_dir),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(db["dbdir"]), str(aid), str(other)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        proc.stdin.write("features\n")
+        proc.stdin.flush()
+        before = _result_line(proc)
+        _halve_bbox(ibs, aid)  # here, in the "web" process
+        expected = ibs.lightglue_features([aid])[0]
+        expected_score = ibs.lightglue_match_scores(aid, [other])[0]
+        proc.stdin.write("features\n")
+        proc.stdin.flush()
+        after = _result_line(proc)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    new_chip = _chip_size(ibs, aid)
+    assert tuple(before["image_size"]) == old_chip != new_chip
+    assert after["cached_before"] >= 2  # the worker still held the old entries in memory ...
+    assert tuple(after["image_size"]) == new_chip == tuple(int(v) for v in expected["image_size"])  # ... unused
+    assert after["score"] == pytest.approx(expected_score, rel=1e-4)
+    assert before["score"] > 50 and after["score"] != pytest.approx(before["score"], rel=1e-3)
 
 
 # ============================================================================ web API
@@ -535,6 +754,7 @@ def test_serve_registers_plugin_then_runs_wbia_dev_as_main(monkeypatch):
     import runpy
 
     from wbia_lightglue import serve
+    from wbia_lightglue.wbia_plugin import launcher
 
     seen = {}
 
@@ -544,9 +764,64 @@ def test_serve_registers_plugin_then_runs_wbia_dev_as_main(monkeypatch):
 
     monkeypatch.setattr(runpy, "run_module", fake_run_module)
     monkeypatch.setattr(sys, "argv", ["wbia-lightglue-serve"])
-    serve.main(["--dbdir", "/tmp/db", "--web", "--port", "5000"])
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    level = launcher.logger.level
+    try:
+        serve.main(["--dbdir", "/tmp/db", "--web", "--port", "5000"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)  # the launcher turns SIGTERM into Ctrl+C
+        launcher.logger.setLevel(level)
     assert seen == {"name": "wbia.dev", "run_name": "__main__", "alter_sys": True, "plugin": True,
                     "argv": ["wbia-lightglue-serve", "--dbdir", "/tmp/db", "--web", "--port", "5000"]}
+    assert os.environ["QT_QPA_PLATFORM"] == "offscreen"  # headless review images
+
+
+def test_launcher_host_option_is_its_own():
+    from wbia_lightglue.wbia_plugin import launcher
+
+    assert launcher._pop_option(["--dbdir", "d", "--host", "127.0.0.1", "--web"], "--host") == \
+        ("127.0.0.1", ["--dbdir", "d", "--web"])
+    assert launcher._pop_option(["--host=::1", "--web"], "--host") == ("::1", ["--web"])
+    assert launcher._pop_option(["--web"], "--host") == (None, ["--web"])
+    with pytest.raises(SystemExit, match="needs a value"):
+        launcher._pop_option(["--web", "--host"], "--host")
+
+
+def test_only_lightglue_jobs_are_retried_at_once(monkeypatch):
+    from wbia.web import job_engine
+
+    from wbia_lightglue.wbia_plugin import jobs
+
+    seen = []
+    monkeypatch.setattr(job_engine, "on_engine_request", lambda *args, **options: seen.append(options))
+    jobs.retry_lightglue_jobs_at_once()
+    jobs.retry_lightglue_jobs_at_once()  # once only
+    lightglue = ([1], [2, 3], {}, {"pipeline_root": "LightGlue"}, True)  # query_chips_graph's arguments
+    job_engine.on_engine_request(None, "job", "query_chips_graph", lightglue, {})
+    job_engine.on_engine_request(None, "job", "query_chips_graph", ([1], [2], {}, {"pipeline_root": "vsmany"}), {})
+    job_engine.on_engine_request(None, "job", "helloworld", (), {})
+    assert seen == [{"retry_delay_min": 0, "retry_delay_max": 1}, {}, {}]
+
+
+def test_python311_shims_restore_what_wbia_calls():
+    import inspect
+
+    def f(a, b=2, *args, c, d=4, **kw):
+        pass
+
+    def g(x, y="y"):
+        pass
+
+    assert inspect.formatargspec(*inspect.getfullargspec(f)) == "(a, b=2, *args, c, d=4, **kw)"
+    assert inspect.formatargspec(*inspect.getargspec(g)) == "(x, y='y')"
+    assert inspect.formatargspec(*inspect.getargspec(g)[0:3]) == "(x, y)"  # how utool formats a call
+    import oauthlib.common
+
+    assert oauthlib.common.bytes_type is bytes and oauthlib.common.unicode_type is str
+    from flask_oauthlib import provider  # noqa: F401  (WBIA's web extensions import it)
 
 
 # ============================================================================ calibration

@@ -8,6 +8,7 @@ from .wbia_plugin.plugin import (
     LightGlueConfig,
     LightGlueFeaturesConfig,
     LightGlueRequest,
+    QueryChipError,
     compute_lightglue_features,
     compute_lightglue_scores,
     lightglue_calibrate,
@@ -27,6 +28,7 @@ from .wbia_plugin.routes import (
     lightglue_api_config,
     lightglue_api_feature_status,
     lightglue_api_match_scores,
+    lightglue_review_query_chips_best,
     resolve_config_path,
 )
 
@@ -35,5 +37,6 @@ __all__ = [
     "LightGlueConfig", "LightGlueFeaturesConfig", "LightGlueRequest", "compute_lightglue_features",
     "compute_lightglue_scores", "lightglue_calibrate", "lightglue_compute_features", "lightglue_evaluate",
     "lightglue_features", "lightglue_match_scores",
-    "lightglue_api_config", "lightglue_api_feature_status", "lightglue_api_match_scores", "resolve_config_path",
+    "lightglue_api_config", "lightglue_api_feature_status", "lightglue_api_match_scores",
+    "lightglue_review_query_chips_best", "resolve_config_path", "QueryChipError",
 ]

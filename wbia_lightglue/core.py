@@ -7,7 +7,7 @@
 This module only re-exports; each name lives in the engine module that owns it. Importing it imports
 neither torch nor wbia: models are built lazily (WBIA forks job-engine processes).
 """
-from .engine.cache import FeatureCache, get_feature_cache, invalidate_features
+from .engine.cache import FeatureCache, MatchCache, cacheable, get_feature_cache, get_match_cache, invalidate_features
 from .engine.config import (
     CPU_PRECISIONS,
     DEFAULT_CONFIG_DIR,
@@ -38,6 +38,7 @@ from .engine.extraction import (
     prepare_chip,
     resize_long_edge,
 )
+from .engine.match_types import MatchResult
 from .engine.models import (
     MODELS,
     ModelRegistry,
@@ -66,7 +67,7 @@ __all__ = [
     "InvalidChipError", "OnError", "empty_features", "extract_features", "features_nbytes", "prepare_chip",
     "resize_long_edge",
     "MODELS", "ModelRegistry", "get_extractor", "get_lightglue", "get_matcher", "matcher_dtype", "resolve_device",
-    "FeatureCache", "get_feature_cache", "invalidate_features",
-    "FeatureMismatchError", "check_features", "geometric_inliers", "match_pairs", "match_scores", "match_settings",
-    "name_scores", "pair_score", "score_of_matches",
+    "FeatureCache", "MatchCache", "cacheable", "get_feature_cache", "get_match_cache", "invalidate_features",
+    "MatchResult", "FeatureMismatchError", "check_features", "geometric_inliers", "match_pairs", "match_scores",
+    "match_settings", "name_scores", "pair_score", "score_of_matches",
 ]

@@ -1,4 +1,8 @@
-"""The in-memory feature cache: a thread-safe LRU bounded by entries and bytes, one per process."""
+"""In-memory caches, one per process: features (LRU bounded by entries and bytes) and match results.
+
+Keys are chosen by the caller so that content that changes gets a new key (WBIA: the annotation's
+visual UUID); entries of an old key are then simply never asked for again and age out.
+"""
 from __future__ import annotations
 
 import threading
@@ -9,6 +13,7 @@ import numpy as np
 
 from .config import Config
 from .extraction import features_nbytes
+from .match_types import MatchResult
 
 
 def _frozen(feats: Mapping[str, Any]) -> Dict[str, Any]:
@@ -87,15 +92,18 @@ class FeatureCache:
                 if feats is None:
                     raise RuntimeError(f"no features were computed for annotation {key!r}")
                 found[key] = feats
-                if "error" not in feats:  # a bad chip may be fixed later: do not pin its empty features
+                if cacheable(feats):
                     self.put(key, fingerprint, feats)
         return [found[key] for key in keys]
 
     def invalidate(self, keys: Sequence[Any]) -> int:
-        """Forget every fingerprint's features of ``keys``; returns how many entries were dropped."""
+        """Forget every fingerprint's features of ``keys``; returns how many entries were dropped.
+
+        A composite key ``(owner, version)`` (e.g. annotation UUID, visual UUID) is dropped by its owner.
+        """
         targets = set(keys)
         with self._lock:
-            doomed = [k for k in self._entries if k[0] in targets]
+            doomed = [k for k in self._entries if _owner(k[0]) in targets or k[0] in targets]
             for k in doomed:
                 self._nbytes -= features_nbytes(self._entries.pop(k))
         return len(doomed)
@@ -113,6 +121,16 @@ class FeatureCache:
         with self._lock:
             return {"size": len(self._entries), "bytes": self._nbytes, "hits": self.hits, "misses": self.misses,
                     "evictions": self.evictions, "max_size": self.max_entries, "max_bytes": self.max_bytes}
+
+
+def cacheable(feats: dict) -> bool:
+    """Whether features may be kept: not those of a chip that failed (``error``: the image may be readable
+    later) nor those computed while their annotation changed (``stale``)."""
+    return "error" not in feats and not feats.get("stale", False)
+
+
+def _owner(key: Any) -> Any:
+    return key[0] if isinstance(key, tuple) and len(key) == 2 else None
 
 
 _CACHES: Dict[Tuple[int, int], FeatureCache] = {}
@@ -134,3 +152,65 @@ def invalidate_features(keys: Sequence[Any]) -> int:
     with _CACHES_LOCK:
         caches = list(_CACHES.values())
     return sum(cache.invalidate(keys) for cache in caches)
+
+
+def _match_nbytes(result: MatchResult) -> int:
+    arrays = (result.matches, result.confidences)
+    return 64 + sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+
+
+class MatchCache:
+    """Thread-safe LRU of MatchResults (with their matches), bounded by entries and bytes.
+
+    Keeps the correspondences of pairs scored by a job so that review images of those pairs are drawn
+    without running LightGlue again. Keys are the caller's, e.g. (query key, database key, match fingerprint).
+    """
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 64 << 20):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: "OrderedDict[Any, MatchResult]" = OrderedDict()
+        self._nbytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> Optional[MatchResult]:
+        with self._lock:
+            result = self._entries.get(key)
+            if result is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return result
+
+    def put(self, key: Any, result: MatchResult) -> None:
+        if result.matches is None or self.max_entries <= 0:
+            return  # only results that can be drawn are worth keeping
+        size = _match_nbytes(result)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._nbytes -= _match_nbytes(old)
+            self._entries[key] = result
+            self._nbytes += size
+            while self._entries and (len(self._entries) > self.max_entries or self._nbytes > self.max_bytes):
+                _, evicted = self._entries.popitem(last=False)
+                self._nbytes -= _match_nbytes(evicted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._nbytes = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+_MATCH_CACHE = MatchCache()
+
+
+def get_match_cache() -> MatchCache:
+    """The process-wide match-result cache."""
+    return _MATCH_CACHE

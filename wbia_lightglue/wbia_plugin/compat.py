@@ -51,6 +51,63 @@ def _restore_getargspec() -> None:
     inspect.getargspec = getargspec
 
 
+def _restore_formatargspec() -> None:
+    # Also removed in 3.11; WBIA formats a failing web call's signature with it, so without it every
+    # API error answers HTTP 500 "module 'inspect' has no attribute 'formatargspec'" instead of the error.
+    if hasattr(inspect, "formatargspec"):
+        return
+
+    def formatargspec(args, varargs=None, varkw=None, defaults=None, kwonlyargs=(), kwonlydefaults=None,
+                      annotations=None, formatarg=str, formatvarargs=lambda name: "*" + name,
+                      formatvarkw=lambda name: "**" + name, formatvalue=lambda value: "=" + repr(value),
+                      formatreturns=lambda text: " -> " + text, formatannotation=inspect.formatannotation):
+        annotations = annotations or {}
+        kwonlydefaults = kwonlydefaults or {}
+
+        def with_annotation(name):
+            text = formatarg(name)
+            if name in annotations:
+                text += ": " + formatannotation(annotations[name])
+            return text
+
+        first_default = len(args) - len(defaults) if defaults else len(args)
+        specs = []
+        for i, name in enumerate(args):
+            spec = with_annotation(name)
+            if i >= first_default:
+                spec += formatvalue(defaults[i - first_default])
+            specs.append(spec)
+        if varargs is not None:
+            specs.append(formatvarargs(with_annotation(varargs)))
+        elif kwonlyargs:
+            specs.append("*")
+        for name in kwonlyargs or ():
+            spec = with_annotation(name)
+            if name in kwonlydefaults:
+                spec += formatvalue(kwonlydefaults[name])
+            specs.append(spec)
+        if varkw is not None:
+            specs.append(formatvarkw(with_annotation(varkw)))
+        result = "(" + ", ".join(specs) + ")"
+        if "return" in annotations:
+            result += formatreturns(formatannotation(annotations["return"]))
+        return result
+
+    inspect.formatargspec = formatargspec
+
+
+def _oauthlib_py2_names() -> None:
+    # Flask-OAuthlib 0.9.6 (imported by WBIA's web extensions) still imports oauthlib 2's Python 2
+    # helpers, which oauthlib 3 dropped; WBIA itself needs oauthlib >= 3 (requests-oauthlib 2).
+    try:
+        import oauthlib.common as common
+    except ImportError:  # no web server extensions installed: nothing to patch
+        return
+    for name, value in (("bytes_type", bytes), ("unicode_type", str), ("PY3", True)):
+        if not hasattr(common, name):
+            setattr(common, name, value)
+
+
 def _theano_flags() -> None:
     # query_chips_graph imports theano, which compiles C code at import unless told otherwise.
     os.environ.setdefault("THEANO_FLAGS", "blas.ldflags=,cxx=")
@@ -64,6 +121,8 @@ def apply() -> None:
     _preload_system_gldispatch()
     _import_distutils_version()
     _restore_getargspec()
+    _restore_formatargspec()
+    _oauthlib_py2_names()
     _theano_flags()
     _APPLIED = True
 

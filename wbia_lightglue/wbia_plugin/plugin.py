@@ -9,12 +9,19 @@ Registered here:
 * ibs methods ``lightglue_compute_features``, ``lightglue_features``, ``lightglue_match_scores``,
   ``lightglue_evaluate``, ``lightglue_calibrate``;
 * depc tables ``LightGlueFeatures`` (per annotation) and ``LightGlue`` (per annotation pair, with the
-  request class used by ``ibs.query_chips(..., cfgdict={'pipeline_root': 'LightGlue'})``).
+  request class used by ``ibs.query_chips(..., cfgdict={'pipeline_root': 'LightGlue'})`` and by WBIA's
+  job engine for Wildbook, whose review images it draws).
+
+Freshness across processes: features in memory are keyed by each annotation's visual UUID (WBIA renews it
+on every image/bbox/theta edit); a chip that cannot be read is never stored; features computed while
+their annotation changed are dropped.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -96,7 +103,67 @@ def lightglue_compute_features(ibs, aid_list: Sequence[int], config_path: Config
     """
     config = core.load_config(config_path)
     aids = list(aid_list)
-    return core.extract_features(_annot_chips(ibs, aids), config, keys=aids, on_error="skip")
+    chips = _annot_chips(ibs, aids)
+    readable = [i for i, chip in enumerate(chips) if chip is not None]
+    feats = [core.empty_features(config, error=f"annotation {aid}: no chip (image {_image_path(ibs, aid)} "
+                                               "is missing or unreadable)") for aid in aids]
+    extracted = core.extract_features([chips[i] for i in readable], config, keys=[aids[i] for i in readable],
+                                      on_error="skip") if readable else []
+    for i, one in zip(readable, extracted):
+        feats[i] = one
+    return feats
+
+
+def _feature_keys(ibs, aids: Sequence[int]) -> List[Tuple[uuid.UUID, uuid.UUID]]:
+    """(annotation UUID, visual UUID) of each annotation: the in-memory key of its features.
+
+    WBIA gives an annotation a new visual UUID whenever its image, bbox/verts or theta change, before it
+    deletes the annotation's derived rows, and every process reads it from the database. So a changed
+    chip has a new key in every process (a job-engine worker included), never the old entry.
+    """
+    aids = list(aids)
+    uuids = _annot_uuids(ibs, aids)
+    visual = ibs.get_annot_visual_uuids(aids)
+    return list(zip(uuids, visual))
+
+
+def _features_with_keys(ibs, aids: List[int], config: core.Config,
+                        use_depc: bool = True) -> Tuple[List[Tuple[uuid.UUID, uuid.UUID]], List[dict]]:
+    keys = _feature_keys(ibs, aids)
+    aid_of = dict(zip(keys, aids))
+
+    def compute(missing: List[Tuple[uuid.UUID, uuid.UUID]]) -> List[dict]:
+        missing_aids = [aid_of[k] for k in missing]
+        if use_depc:
+            feats = _stored_features(ibs, missing_aids, config)
+        else:
+            feats = ibs.lightglue_compute_features(missing_aids, config)
+        _drop_if_changed(ibs, missing_aids, missing, feats, config, use_depc)
+        return feats
+
+    return keys, core.get_feature_cache(config).get_or_compute(keys, config.feature_fingerprint, compute)
+
+
+def _drop_if_changed(ibs, aids: List[int], keys: List[Tuple[uuid.UUID, uuid.UUID]], feats: List[dict],
+                     config: core.Config, stored: bool) -> None:
+    """Features computed while their annotation changed may come from the old chip: keep them out of
+    the in-memory cache and delete their SQLite rows.
+
+    WBIA changes the visual UUID first and deletes derived rows after; a row written late, after that
+    deletion, is caught here because the UUID is read again after the write (an edit later than this read
+    deletes the row itself).
+    """
+    now = _feature_keys(ibs, aids)
+    changed = [i for i, (before, after) in enumerate(zip(keys, now)) if before != after]
+    if not changed:
+        return
+    for i in changed:
+        feats[i] = {**feats[i], "stale": True}
+    changed_aids = [aids[i] for i in changed]
+    if stored:
+        ibs.depc_annot.delete_property(FEATURES_TABLE, changed_aids, config=_features_depc_config(config))
+    logger.info("annotations %s changed while their features were computed; those features are not kept",
+                changed_aids)
 
 
 @register_ibs_method
@@ -104,21 +171,14 @@ def lightglue_features(ibs, aid_list: Sequence[int], config_path: ConfigPath = N
                        use_depc: bool = True) -> List[dict]:
     """Features of each annotation, in order (never None): in-memory LRU, then SQLite, then computed.
 
-    The in-memory cache is keyed by annotation UUID and the config's feature fingerprint. With
-    ``use_depc`` the misses are read from (or computed into) the ``LightGlueFeatures`` table.
+    The in-memory cache is keyed by (annotation UUID, visual UUID) and the config's feature
+    fingerprint, so an edited annotation is never served its old features by any process. With
+    ``use_depc`` the misses are read from (or computed into) the ``LightGlueFeatures`` table. An
+    annotation whose chip cannot be computed gets empty features with an ``error`` entry; they are
+    neither cached nor stored, so a later request tries again.
     """
     config = core.load_config(config_path)
-    aids = list(aid_list)
-    uuids = _annot_uuids(ibs, aids)
-    aid_of = dict(zip(uuids, aids))
-
-    def compute(missing: List[uuid.UUID]) -> List[dict]:
-        missing_aids = [aid_of[u] for u in missing]
-        if use_depc:
-            return _stored_features(ibs, missing_aids, config)
-        return ibs.lightglue_compute_features(missing_aids, config)
-
-    return core.get_feature_cache(config).get_or_compute(uuids, config.feature_fingerprint, compute)
+    return _features_with_keys(ibs, list(aid_list), config, use_depc)[1]
 
 
 def _features_depc_config(config: core.Config) -> Dict[str, Any]:
@@ -127,9 +187,39 @@ def _features_depc_config(config: core.Config) -> Dict[str, Any]:
     return {"config_path": config.source, "fingerprint": config.feature_fingerprint}
 
 
+# Why the chips of the last computation failed, by (aid, feature fingerprint): the depc table stores
+# nothing for them (a failure may be momentary), so the reader learns the reason here (same process).
+_FAILED: Dict[Tuple[int, str], str] = {}
+_FAILED_LOCK = threading.Lock()
+
+
 def _stored_features(ibs, aids: List[int], config: core.Config) -> List[dict]:
-    rows = ibs.depc_annot.get(FEATURES_TABLE, aids, None, config=_features_depc_config(config))
-    return [_row_to_features(row, config) for row in rows]
+    depc_config = _features_depc_config(config)
+    rows = ibs.depc_annot.get(FEATURES_TABLE, aids, None, config=depc_config)
+    # Rows from before failed chips were kept out of the table: empty, of a (0, 0) chip. Retry them once.
+    pinned = [aid for aid, row in zip(aids, rows) if _is_failed_row(row)]
+    if pinned:
+        logger.info("annotations %s: stored features of a chip that had failed; computing them again", pinned)
+        ibs.depc_annot.delete_property(FEATURES_TABLE, pinned, config=depc_config)
+        again = dict(zip(pinned, ibs.depc_annot.get(FEATURES_TABLE, pinned, None, config=depc_config)))
+        rows = [again.get(aid, row) for aid, row in zip(aids, rows)]
+    feats = []
+    for aid, row in zip(aids, rows):
+        if _is_missing_row(row):
+            with _FAILED_LOCK:
+                error = _FAILED.pop((aid, config.feature_fingerprint), None)
+            feats.append(core.empty_features(config, error=error or f"annotation {aid}: no chip"))
+        else:
+            feats.append(_row_to_features(row, config))
+    return feats
+
+
+def _is_missing_row(row: Any) -> bool:
+    return row is None or any(value is None for value in row)
+
+
+def _is_failed_row(row: Any) -> bool:
+    return not _is_missing_row(row) and len(row[0]) == 0 and not np.all(np.asarray(row[3]) > 0)
 
 
 def _row_to_features(row: Tuple[np.ndarray, ...], config: core.Config) -> dict:
@@ -165,17 +255,53 @@ def compute_lightglue_features(depc, aid_list: Sequence[int], config=None) -> It
         raise core.ConfigError(
             f"config {lightglue_config.source} changed while features were requested "
             f"(fingerprint {lightglue_config.feature_fingerprint}, expected {expected})")
-    for feats in depc.controller.lightglue_compute_features(list(aid_list), lightglue_config):
-        yield tuple(feats[name] for name in FEATURE_COLUMNS)
+    aids = list(aid_list)
+    for aid, feats in zip(aids, depc.controller.lightglue_compute_features(aids, lightglue_config)):
+        if "error" in feats:
+            # Not stored: an image unreadable for a moment must not score 0 until its bbox changes.
+            with _FAILED_LOCK:
+                _FAILED[(aid, lightglue_config.feature_fingerprint)] = feats["error"]
+            yield None
+        else:
+            yield tuple(feats[name] for name in FEATURE_COLUMNS)
 
 
 # ============================================================================ scores
 def _scores_one_to_many(ibs, qaid: int, daids: Sequence[int], config: core.Config) -> List[float]:
-    """One batched LightGlue call: the query against every database annotation."""
+    """One batched LightGlue call: the query against every database annotation.
+
+    The correspondences are kept in the process's match cache, so review images of these pairs (drawn
+    by the same job) need no second LightGlue run.
+    """
     if not daids:
         return []
-    feats = ibs.lightglue_features([qaid, *daids], config)
-    return core.match_scores(feats[0], feats[1:], config)
+    keys, feats = _features_with_keys(ibs, [qaid, *daids], config)
+    results = core.match_pairs(feats[0], feats[1:], config, return_matches=True)
+    scores = [core.pair_score(result, feats[0], db, config) for result, db in zip(results, feats[1:])]
+    cache = core.get_match_cache()
+    for k in np.argsort(scores, kind="stable"):  # best last: the most recently used survive eviction
+        if core.cacheable(feats[0]) and core.cacheable(feats[1 + k]):
+            cache.put(_match_key(keys[0], keys[1 + k], config), results[k])
+    return scores
+
+
+def _match_key(query_key: Any, database_key: Any, config: core.Config) -> Tuple[Any, Any, str]:
+    return (query_key, database_key, config.match_fingerprint)
+
+
+def _pair_matches(ibs, qaid: int, daid: int, config: core.Config) -> Tuple[List[dict], core.MatchResult, bool]:
+    """Features of both annotations and their LightGlue result: from the match cache, else matched now
+    (once: the result is cached for the other versions of the review image). Also says which."""
+    keys, feats = _features_with_keys(ibs, [qaid, daid], config)
+    cache = core.get_match_cache()
+    key = _match_key(keys[0], keys[1], config)
+    result = cache.get(key)
+    if result is not None:
+        return feats, result, True
+    result = core.match_pairs(feats[0], [feats[1]], config, return_matches=True)[0]
+    if core.cacheable(feats[0]) and core.cacheable(feats[1]):
+        cache.put(key, result)
+    return feats, result, False
 
 
 @register_ibs_method
@@ -285,6 +411,10 @@ def _annot_match(ibs, qaid: int, daids: Sequence[int], scores: Sequence[float], 
     return cm
 
 
+class QueryChipError(ValueError):
+    """A query annotation has no usable chip (missing or unreadable image)."""
+
+
 class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
     """``depc_annot.new_request('LightGlue', qaids, daids, cfg)``; also ``pipeline_root='LightGlue'``.
 
@@ -310,6 +440,18 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         cfgdict["fingerprint"] = config.match_fingerprint
         return super().new(depc, qaid_list, daid_list, cfgdict, tablename)
 
+    def execute(request, *args, **kwargs):
+        """The AnnotMatches; a query whose chip cannot be computed fails the request with the reason
+        (its scores would all be 0, a ranking that means nothing). A bad database annotation scores 0."""
+        ibs = request.depc.controller
+        qaids = [int(q) for q in dict.fromkeys(np.asarray(request.qaids).tolist())]
+        config = core.load_config(request.config["config_path"])
+        for qaid, feats in zip(qaids, ibs.lightglue_features(qaids, config)):
+            if "error" in feats:
+                raise QueryChipError(f"query annotation {qaid} ({_annot_uuids(ibs, [qaid])[0]}): {feats['error']}; "
+                                     "nothing to match")
+        return super().execute(*args, **kwargs)
+
     def postprocess_execute(request, table, parent_rowids, rowids, result_list):
         ibs = request.depc.controller
         grouped: Dict[int, Tuple[List[int], List[float]]] = {}
@@ -321,18 +463,45 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         return [_annot_match(ibs, qaid, daids, scores, name_score) for qaid, (daids, scores) in grouped.items()]
 
     def render_single_result(request, cm, aid, **kwargs):
-        """The two chips with LightGlue's correspondences drawn between them (BGR image)."""
+        """The review image of (query, ``aid``) as WBIA asks for it: HxWx3 uint8 BGR.
+
+        WBIA's ``ensure_review_image`` passes ``heatmask`` (coat regions coloured by match confidence),
+        ``draw_fmatch`` (the correspondences) or neither (the two chips, ``clean``), and ``vert``
+        (stack the chips). The matches come from the job's scoring pass when this process scored the
+        pair, else LightGlue runs once for the pair and the other versions reuse it.
+        """
+        start = time.perf_counter()
         ibs = request.depc.controller
         config = core.load_config(request.config["config_path"])
+        version = review_version(kwargs)
+        feats, result, cached = _pair_matches(ibs, cm.qaid, aid, config)
         chips = _annot_chips(ibs, [cm.qaid, aid])
-        feats = ibs.lightglue_features([cm.qaid, aid], config)
-        result = core.match_pairs(feats[0], [feats[1]], config, return_matches=True)[0]
         blank = np.full((64, 64, 3), 255, np.uint8)  # a missing chip is drawn as a blank tile
-        title = f"aid {cm.qaid} vs aid {aid}: {result.num_matches} matches, score {result.score:.1f}"
-        return drawing.draw_matches(chips[0] if chips[0] is not None else blank,
-                                chips[1] if chips[1] is not None else blank,
-                                feats[0]["keypoints"], feats[1]["keypoints"],
-                                result.matches, result.confidences, title=title)
+        title = None
+        if any(kwargs.get(flag) for flag in ("show_score", "show_annot_score", "draw_lbl")):
+            title = f"{result.num_matches} matches, score {result.score:.1f}"
+        image = drawing.render_pair(chips[0] if chips[0] is not None else blank,
+                                    chips[1] if chips[1] is not None else blank,
+                                    feats[0]["keypoints"], feats[1]["keypoints"], result.matches,
+                                    result.confidences, version, vert=bool(kwargs.get("vert", False)), title=title)
+        logger.info("review image %s of annotations %d vs %d: %.0f ms (matches %s)", version, cm.qaid, aid,
+                    1000 * (time.perf_counter() - start), "from the scoring pass" if cached else "computed now")
+        return image
+
+    def get_cfgstr(request, with_input=True, **kwargs):
+        """WBIA names review images and their cache folder after this string: with the query's visual UUID
+        in it (dtool leaves it out), an edited query never gets the old pictures."""
+        return super().get_cfgstr(with_input=with_input, **kwargs)
+
+
+def review_version(render_config: Dict[str, Any]) -> str:
+    """The drawing version WBIA's render options ask for: 'heatmask', 'matches' or 'clean'."""
+    if render_config.get("heatmask"):
+        return "heatmask"
+    for flag in ("draw_fmatch", "show_matches"):  # WBIA's flag, then plottool's; 'draw_fmatches' is always on
+        if flag in render_config:
+            return "matches" if render_config[flag] else "clean"
+    return "matches"
 
 
 @register_preproc_annot(

@@ -14,7 +14,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from .registry import API_PREFIX, FEATURES_TABLE, register_api, register_ibs_method  # first: shims
+from .registry import (  # first: shims
+    API_PREFIX,
+    FEATURES_TABLE,
+    PAIRWISE_TABLE,
+    register_api,
+    register_ibs_method,
+)
 
 from wbia.control import controller_inject  # noqa: E402
 
@@ -23,7 +29,7 @@ from ..engine import config as config_module  # noqa: E402
 from ..evaluation import calibration  # noqa: E402
 from ..engine.memory import check_memory  # noqa: E402
 from ..engine.models import OutOfDeviceMemory, resolve_device  # noqa: E402
-from .plugin import _features_depc_config  # noqa: E402
+from .plugin import QueryChipError, _features_depc_config  # noqa: E402
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -225,3 +231,66 @@ def lightglue_api_feature_status(ibs, annot_uuid_list=None, config_path=None):
     rowids = ibs.depc_annot.get_rowids(FEATURES_TABLE, aids, config=_features_depc_config(config), ensure=False)
     return {"annot_uuid_list": [str(u) for u in uuids], "computed_list": [r is not None for r in rowids],
             "feature_fingerprint": config.feature_fingerprint}
+
+
+@register_ibs_method
+@register_api("/api/review/query/chip/best/", methods=["POST"])
+@_web_route
+def lightglue_review_query_chips_best(ibs, query_annot_uuid_list=None, database_annot_uuid_list=None,
+                                      pipeline_root=PAIRWISE_TABLE, config_path=None):
+    """The best individual for each query annotation, by LightGlue: the documented POST call
+
+    ``curl -X POST http://HOST:5000/api/review/query/chip/best/ -F 'query_annot_uuid_list=[...]'
+    -F 'database_annot_uuid_list=[...]' -F 'pipeline_root=LightGlue' [-F 'config_path=highres.json']``.
+
+    WBIA's own rule on this URL answers GET only (an integer ``aid``, HotSpotter); this POST rule sits
+    beside it. The query runs now, in this request (no review images). ``database_annot_uuid_list``
+    defaults to every other annotation. One entry per query, in order: ``query_annot_uuid``, ``name``
+    (None when the best match has no name), ``name_score``, ``annot_uuid`` and ``score`` (the best
+    annotation of that individual and its raw score), and ``ranking`` (the top 5 individuals).
+    """
+    if str(pipeline_root).lower() != PAIRWISE_TABLE.lower():
+        raise controller_inject.WebInvalidInput(
+            f"the POST form of /api/review/query/chip/best/ runs pipeline_root={PAIRWISE_TABLE}; for "
+            "other pipelines use WBIA's GET form with an aid", key="pipeline_root", value=str(pipeline_root))
+    if query_annot_uuid_list is None:
+        raise controller_inject.WebMissingInput("query_annot_uuid_list is required", key="query_annot_uuid_list")
+    config = _web_config(config_path)  # a bad config_path is the caller's error (HTTP 400), before any work
+    # synchronous like the match-score route: queries x database pairs bounded by the same limit
+    limit = sync_database_limit(config)
+    hint = f" synchronously (config web_max_database); for more use {JOB_ROUTE}"
+    qaids = _aids_from_uuids(ibs, _parse_uuid_list(query_annot_uuid_list, "query_annot_uuid_list", limit, hint))
+    if database_annot_uuid_list is None:
+        daids = list(ibs.get_valid_aids())
+    else:
+        daids = _aids_from_uuids(ibs, _parse_uuid_list(database_annot_uuid_list, "database_annot_uuid_list",
+                                                       limit, hint))
+    if len(qaids) * len(daids) > limit:
+        raise controller_inject.WebInvalidInput(
+            f"{len(qaids)} queries x {len(daids)} database annotations is more than the {limit} pairs this route "
+            f"scores{hint}", key="database_annot_uuid_list", value=f"{len(daids)} entries")
+    cfgdict = {"pipeline_root": PAIRWISE_TABLE, "config_path": config_path or None}
+    try:
+        cms = ibs.query_chips(qaids, daids, cfgdict=cfgdict)
+    except QueryChipError as exc:
+        raise controller_inject.WebInvalidInput(str(exc), key="query_annot_uuid_list",
+                                                value=str(query_annot_uuid_list)) from exc
+    return [_best_of(ibs, cm) for cm in cms]
+
+
+def _best_of(ibs, cm, top: int = 5) -> dict:
+    """The ranking of one AnnotMatch by individual: name, name score, best annotation and its score."""
+    quuid = str(ibs.get_annot_uuids([cm.qaid])[0])
+    ranking = []
+    for nid, name_score in sorted(zip(cm.unique_nids.tolist(), cm.name_score_list.tolist()),
+                                  key=lambda item: -item[1])[:top]:
+        members = [i for i, dnid in enumerate(cm.dnid_list.tolist()) if dnid == nid]
+        best = max(members, key=lambda i: cm.annot_score_list[i])
+        daid = int(cm.daid_list[best])
+        ranking.append({"name": ibs.get_name_texts(nid) if nid > 0 else None, "name_score": float(name_score),
+                        "annot_uuid": str(ibs.get_annot_uuids([daid])[0]),
+                        "score": float(cm.annot_score_list[best])})
+    if not ranking:
+        return {"query_annot_uuid": quuid, "name": None, "name_score": None, "annot_uuid": None, "score": None,
+                "ranking": []}
+    return {"query_annot_uuid": quuid, **ranking[0], "ranking": ranking}
