@@ -19,9 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ..data.dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
 from ..data.files import atomic_write_text
 from ..data.store import FeatureStore, annotation_features
-from ..engine.config import ConfigLike, resolve_config
+from ..engine.config import Config, ConfigLike, resolve_config
 from ..engine.scoring import match_scores, name_scores
 from ..evaluation.calibration import Calibration, load_calibration
+from ..evaluation.datasets import two_stage_query
 from .common import check_top, config_from_args, features_line
 
 logger = logging.getLogger("wbia_lightglue")
@@ -128,6 +129,8 @@ def main(
     if not query_annot.path.is_file():
         raise DatasetError(f"query image {query} does not exist")
     dataset = database if isinstance(database, Dataset) else load_dataset(database)
+    if config["shortlist_k"] > 0:
+        return _two_stage(query, query_annot, dataset, store, config, top, json_path, csv_path, progress)
     query_stored = annotation_features([query_annot], store, config, progress=False, on_error="raise")
     stored = annotation_features(dataset.annotations, store, config, progress=progress)
     q_report, report = query_stored.report, stored.report
@@ -144,6 +147,24 @@ def main(
                             skipped=report.failed)
     logger.info("query features %s; database: %d loaded, %d extracted", "extracted" if q_report.extracted
                 else "loaded", report.loaded, report.extracted)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
+    if csv_path is not None:
+        _write_csv(csv_path, result.candidates[:top] if top else result.candidates)
+    return result
+
+
+def _two_stage(query: Union[str, Path], query_annot: Annotation, dataset: Dataset, store: FeatureStore,
+               config: Config, top: Optional[int], json_path: Union[str, Path, None],
+               csv_path: Union[str, Path, None], progress: bool) -> Identification:
+    """Two-stage mode (``shortlist_k`` > 0): stage-1 index, LightGlue on the shortlist, fused scores."""
+    annots, scored, report = two_stage_query(query_annot, dataset.annotations, store, config,
+                                             persist_as=dataset.source, progress=progress)
+    # the calibration maps raw LightGlue scores; fused scores are not on that scale
+    ranking = rank_individuals(scored.fused.tolist(), annots, config["name_score"], None)
+    result = Identification(str(query), ranking, loaded=report.loaded, extracted=report.extracted,
+                            skipped=report.failed)
+    logger.info("two-stage: LightGlue on %d of %d annotations", int(scored.shortlisted.sum()), len(annots))
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
     if csv_path is not None:

@@ -15,13 +15,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..engine.config import Config
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
 from ..engine.models import DeviceLike
+from ..engine.shortlist import ShortlistIndex, extract_shortlist_features
 from .dataset import Annotation
 from .files import atomic_write
 from .images import BBox, ImageReadError, decode_image, read_image_bytes
@@ -30,6 +31,10 @@ logger = logging.getLogger("wbia_lightglue")
 
 DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wbia_lightglue" / "features"
 ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
+# What a store holds: ALIKED features (LightGlue's input) or stage-1 RootSIFT features (engine.shortlist),
+# each under its own fingerprint folder.
+FeatureKind = Literal["aliked", "rootsift"]
+SHORTLIST_ARRAY_KEYS = ("keypoints", "descriptors", "image_size")
 # Photos decoded and extracted per step: bounds the memory held by decoded images on large datasets.
 EXTRACT_CHUNK = 32
 
@@ -72,14 +77,20 @@ class FeatureStore:
     def entry_path(self, key: str, fingerprint: str) -> Path:
         return self.root / fingerprint / key[:2] / f"{key}.npz"
 
+    @staticmethod
+    def fingerprint(config: Config, kind: FeatureKind = "aliked") -> str:
+        """The folder name of ``kind`` features under ``config``."""
+        return config.feature_fingerprint if kind == "aliked" else f"rootsift-{config.shortlist_feature_fingerprint}"
+
     def load(self, key: str, fingerprint: str) -> Optional[Dict[str, Any]]:
         """The stored features, or None when absent or unreadable (then they are simply re-extracted)."""
         path = self.entry_path(key, fingerprint)
         if not path.is_file():
             return None
+        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("rootsift-") else ARRAY_KEYS
         try:
             with np.load(path) as data:
-                feats = {name: data[name] for name in ARRAY_KEYS}
+                feats = {name: data[name] for name in names}
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("feature file %s is unreadable (%s); re-extracting", path, exc)
             return None
@@ -88,7 +99,8 @@ class FeatureStore:
 
     def save(self, key: str, fingerprint: str, feats: Dict[str, Any]) -> Path:
         """Write one entry atomically (temporary file + rename)."""
-        arrays = {name: np.asarray(feats[name]) for name in ARRAY_KEYS}
+        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("rootsift-") else ARRAY_KEYS
+        arrays = {name: np.asarray(feats[name]) for name in names}
         return atomic_write(self.entry_path(key, fingerprint), lambda out: np.savez(out, **arrays))
 
     def features(
@@ -99,16 +111,17 @@ class FeatureStore:
         device: DeviceLike = None,
         progress: bool = True,
         on_error: OnError = "skip",
+        kind: FeatureKind = "aliked",
     ) -> Tuple[List[Optional[Dict[str, Any]]], List[Optional[str]], StoreReport]:
         """Features of each ``(image path, bbox)``: loaded when stored, otherwise extracted and stored.
 
         Returns the features (None for an annotation that was skipped: unreadable file, empty crop, or a
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
         skipped), and a StoreReport with the counts. With ``on_error='raise'`` (a query, a pair) an unusable
-        image raises ImageReadError instead of being skipped.
+        image raises ImageReadError instead of being skipped. ``kind='rootsift'``: stage-1 features.
         """
         check_on_error(on_error)
-        fingerprint = config.feature_fingerprint
+        fingerprint = self.fingerprint(config, kind)
         feats: List[Optional[dict]] = [None] * len(sources)
         keys: List[Optional[str]] = [None] * len(sources)
         report = StoreReport()
@@ -127,14 +140,15 @@ class FeatureStore:
                 missing.append((pos, data))
         for start in range(0, len(missing), EXTRACT_CHUNK):
             self._extract_chunk(missing[start:start + EXTRACT_CHUNK], sources, keys, feats, report,
-                                config, device, progress and len(missing) > 1, on_error)
+                                config, device, progress and len(missing) > 1, on_error, kind)
         logger.info("features: %d loaded from %s, %d extracted, %d skipped",
                     report.loaded, self.root, report.extracted, len(report.failed))
         return feats, keys, report
 
     def _extract_chunk(self, chunk: List[Tuple[int, bytes]], sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
                        keys: List[Optional[str]], feats: List[Optional[Dict[str, Any]]], report: StoreReport,
-                       config: Config, device: DeviceLike, progress: bool, on_error: OnError) -> None:
+                       config: Config, device: DeviceLike, progress: bool, on_error: OnError,
+                       kind: FeatureKind = "aliked") -> None:
         chips, positions = [], []
         for pos, data in chunk:
             path, bbox = sources[pos]
@@ -146,8 +160,11 @@ class FeatureStore:
                 self._skip(report, exc, on_error)
         names = [str(sources[pos][0]) for pos in positions]
         try:
-            outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
-                                       progress=progress)
+            if kind == "aliked":
+                outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
+                                           progress=progress)
+            else:
+                outputs = extract_shortlist_features(chips, config, keys=names, on_error=on_error)
         except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
             raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
@@ -155,7 +172,7 @@ class FeatureStore:
                 keys[pos] = None
                 report.failed.append(out["error"])
                 continue
-            self.save(keys[pos], config.feature_fingerprint, out)
+            self.save(keys[pos], self.fingerprint(config, kind), out)
             feats[pos] = out
             report.extracted += 1
 
@@ -175,13 +192,43 @@ def annotation_features(
     device: DeviceLike = None,
     progress: bool = True,
     on_error: OnError = "skip",
+    kind: FeatureKind = "aliked",
 ) -> StoredFeatures:
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
     ``on_error='raise'``: raise ImageReadError on the first unusable image instead of skipping it.
+    ``kind='rootsift'``: the stage-1 features (engine.shortlist) instead of ALIKED's.
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
-                                         device=device, progress=progress, on_error=on_error)
+                                         device=device, progress=progress, on_error=on_error, kind=kind)
     kept = [i for i, f in enumerate(feats) if f is not None]
     return StoredFeatures([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
                           [keys[i] for i in kept], report)  # type: ignore[misc]
+
+
+def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config, database: Union[str, Path], *,
+                    device: Any = None, persist: bool = True) -> ShortlistIndex:
+    """The stage-1 index of a database's annotations, persisted beside the feature store.
+
+    File: ``<store root>/shortlist/<config.shortlist_fingerprint>/<digest of the database path>.npz``.
+    ``stored`` holds the annotations' stage-1 (``kind='rootsift'``) features and content keys. An existing
+    file is brought in step incrementally: annotations no longer in the database are removed, new ones
+    added; nothing is rebuilt unless the index type must change. An unreadable or foreign file is rebuilt.
+    """
+    name = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
+    path = store.root / "shortlist" / config.shortlist_fingerprint / f"{name}.npz"
+    index: Optional[ShortlistIndex] = None
+    if persist and path.is_file():
+        try:
+            index = ShortlistIndex.load(path, config, device=device)
+        except ValueError as exc:
+            logger.warning("%s; rebuilding it", exc)
+    if index is None:
+        index = ShortlistIndex(config, device=device)
+    by_key = dict(zip(stored.keys, stored.features))
+    added, removed = index.sync(list(by_key), lambda keys: [by_key[k] for k in keys])
+    logger.info("stage-1 index %s: %d annotations (%d added, %d removed), %s, %d vectors",
+                path if persist else "(in memory)", len(index), added, removed, index.kind, index.num_vectors)
+    if persist and (added or removed or not path.is_file()):
+        index.save(path)
+    return index
