@@ -31,7 +31,9 @@ from .extraction import InvalidChipError, OnError, check_on_error, prepare_chip
 logger = logging.getLogger("wbia_lightglue")
 
 DIM = 128
-AUTO_IVF_VECTORS = 250_000  # exact flat search below: ~0.1-0.3 s a 1,000-descriptor query on 2 cores
+AUTO_IVF_VECTORS = 100_000  # exact flat search below: a 1,000-descriptor query costs ~0.3 s of one core there
+MAX_LISTS = 4096  # IVF lists: 4 sqrt(vectors), at most this (k-means training time grows with lists x sample)
+TRAIN_PER_LIST = 64  # training vectors per list (FAISS wants at least 39)
 RETRAIN_GROWTH = 8  # an IVF index is rebuilt (re-trained) when the vectors have grown this much since training
 PQ_BYTES = 32  # ivfpq: bytes per vector (vs 128 for the 8-bit scalar quantiser)
 ROOTSIFT_SCALE = 512.0  # RootSIFT components are <= ~0.5: x512 fills uint8 (HotSpotter's scaling)
@@ -235,15 +237,22 @@ class ShortlistIndex:
             self._slot_of[key] = len(self._slots)
             self._slots.append(key)
             owner.append(np.full(len(desc), self._slot_of[key], np.int64))
-        vectors = np.concatenate(descs).astype(np.float32) if descs else np.zeros((0, DIM), np.float32)
         start = len(self._owner)
         self._owner = np.concatenate([self._owner, *owner])
         self._vec_xy = np.concatenate([self._vec_xy, *xys]).astype(np.float32)
-        if len(vectors):
-            if self._kind == "flat":
-                self._faiss.add(vectors)
-            else:
-                self._faiss.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+        # float32 in steps of ~64 MiB: one float copy of a large database would take 4x its raw size
+        step, pending, count = 1 << 17, [], 0
+        for pos, desc in enumerate(descs):
+            pending.append(desc)
+            count += len(desc)
+            if pending and (count >= step or pos == len(descs) - 1):
+                vectors = np.concatenate(pending).astype(np.float32)
+                if self._kind == "flat":
+                    self._faiss.add(vectors)
+                else:
+                    self._faiss.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+                start += len(vectors)
+                pending, count = [], 0
         self._gpu = None
 
     def _rebuild(self) -> None:
@@ -256,21 +265,21 @@ class ShortlistIndex:
         if kind == "flat":
             index = faiss.IndexFlatL2(DIM)
         else:
-            nlist = int(max(1, min(65536, 2 ** round(np.log2(max(1.0, 4 * np.sqrt(total)))))))
+            nlist = int(max(1, min(MAX_LISTS, 2 ** round(np.log2(max(1.0, 4 * np.sqrt(total)))))))
             nlist = max(1, min(nlist, total // 39)) if total >= 39 else 1  # FAISS wants >= 39 points per list
             quantizer = faiss.IndexFlatL2(DIM)
             if kind == "ivf":
                 index = faiss.IndexIVFScalarQuantizer(quantizer, DIM, nlist, faiss.ScalarQuantizer.QT_8bit)
             else:
                 index = faiss.IndexIVFPQ(quantizer, DIM, nlist, PQ_BYTES, 8)
-            sample = np.concatenate([self._desc[k] for k in keys]).astype(np.float32) if keys else \
-                np.zeros((0, DIM), np.float32)
-            if len(sample) < max(nlist, 256 if kind == "ivfpq" else 1):
-                raise ConfigError(f"shortlist_index {kind!r} needs more vectors to train ({len(sample)} present)")
+            raw = np.concatenate([self._desc[k] for k in keys]) if keys else np.zeros((0, DIM), np.uint8)
+            if len(raw) < max(nlist, 256 if kind == "ivfpq" else 1):
+                raise ConfigError(f"shortlist_index {kind!r} needs more vectors to train ({len(raw)} present)")
             rng = np.random.default_rng(0)  # deterministic training: the same vectors give the same index
-            limit = 256 * nlist if kind == "ivf" else max(256 * nlist, 65536)
-            if len(sample) > limit:
-                sample = sample[np.sort(rng.choice(len(sample), limit, replace=False))]
+            limit = TRAIN_PER_LIST * nlist if kind == "ivf" else max(TRAIN_PER_LIST * nlist, 65536)
+            if len(raw) > limit:
+                raw = raw[np.sort(rng.choice(len(raw), limit, replace=False))]
+            sample = raw.astype(np.float32)  # sampled first: float32 copies of every vector would be 4x the raw
             index.quantizer_trains_alone = 0
             index.train(sample)
             index.nprobe = min(self.nprobe, nlist)
