@@ -9,10 +9,12 @@ flank only (protocol groups = side), 1-vs-all, ranking by individual (name score
 * stage 1 = ``engine.shortlist`` (RootSIFT on the full-resolution photo, long edge <= shortlist_image_size,
   FAISS, LNBNN; ``+spatial``: RANSAC similarity check), one index per flank, leave-one-out
   (``evaluation.datasets.stage1_matrix``, the code ``wbia-lightglue evaluate`` runs);
+* part A chooses the stage-1 variant by shortlist recall at ``CHOOSE_K`` and fits the ``logistic`` fusion on
+  the LightGlue scores of its top-``FIT_K`` pairs;
 * stage 2 = LightGlue at ``--keypoints`` (image_size 512): part B exhaustively (the baseline, and every k
-  reads from it), part A on the union of the variants' top-``CHOOSE_K`` only; pair scores cached;
+  reads from it); pair scores cached;
 * fused = ``evaluation.datasets.two_stage_matrix`` (engine.fusion) with ``sum_log1p``, ``logistic`` (fitted
-  on part A's shortlisted pairs) and ``lightglue`` (re-ranking only);
+  on part A) and ``lightglue`` (re-ranking only);
 * HotSpotter = WBIA 4.0.4's default pipeline (``ibs.query_chips``) on the same photos, per flank, alone and as
   stage 1 (``shortlist_source='hotspotter'``), with ``--hotspotter`` (needs wbia importable).
 
@@ -66,6 +68,7 @@ NYALA = SHARED / "nyala" / "labels.csv"
 OUTPUT = ROOT / "benchmarks" / "results" / "two_stage"
 KS = (5, 10, 20, 50)
 CHOOSE_K = 10
+FIT_K = 5
 RANKS = (1, 5, 10)
 
 
@@ -171,7 +174,10 @@ def part_inputs(annots: List[Annotation], store: FeatureStore, config: Config):
     return al.annotations, al.features, s1.features
 
 
-def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool) -> dict:
+def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max_k: Optional[int] = None) -> dict:
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # accuracy only: OpenMP spinning on a shared, loaded CPU cost 2.5x wall time
     store = FeatureStore(output / "store")
     base = load_config(None, max_num_keypoints=keypoints, device="cpu")
     variants = {"rootsift": base, "rootsift+spatial": base.replace(shortlist_spatial=True)}
@@ -184,24 +190,27 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool) -> 
         groups = [a.attributes["side"] for a in annots]
         stage1 = {}
         for variant, cfg in variants.items():
+            path = output / f"stage1_{name}_{variant}.npz"
+            if path.is_file():
+                stage1[variant] = np.load(path)["scores"]
+                continue
             with Timer() as t:
                 stage1[variant] = stage1_matrix(s1_feats, cfg, groups)
+            np.savez(path, scores=stage1[variant])
             logger.info("part %s stage 1 %s: %.1f s", name, variant, t.wall)
         cache = PairCache(output / f"lightglue_{name}_{keypoints}.json", feats, base)
         parts[name] = (annots, feats, groups, stage1, cache)
 
-    # ---- part A: choose the stage-1 variant (recall at CHOOSE_K, then Rank-1 of two-stage sum_log1p) and fit
+    # ---- part A: choose the stage-1 variant by its shortlist recall at CHOOSE_K (then its Rank-1 alone), and
+    # fit the logistic fusion on the LightGlue pairs of the chosen variant's top FIT_K
     annots, feats, groups, stage1, cache = parts["A"]
     labels = [a.individual for a in annots]
     choice = {}
-    for variant, cfg in variants.items():
-        fused, _ = two_stage_matrix(stage1[variant], feats, cfg.replace(shortlist_k=CHOOSE_K), pair_scores=cache,
-                                    progress=False)
+    for variant in variants:
         choice[variant] = {"recall": recall_at(stage1[variant], labels, CHOOSE_K),
-                           "rank1_sum_log1p": report(fused, annots).rank1,
                            "stage1_rank1": report(stage1[variant], annots).rank1}
-    chosen = max(choice, key=lambda v: (choice[v]["rank1_sum_log1p"], choice[v]["recall"]))
-    cfg = variants[chosen].replace(shortlist_k=CHOOSE_K)
+    chosen = max(choice, key=lambda v: (choice[v]["recall"], choice[v]["stage1_rank1"]))
+    cfg = variants[chosen].replace(shortlist_k=FIT_K)
     _, lg_a = two_stage_matrix(stage1[chosen], feats, cfg, pair_scores=cache, progress=False)
     mask = ~np.isnan(lg_a)
     same = np.equal.outer(labels, labels)[mask]
@@ -213,7 +222,12 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool) -> 
     # ---- part B: everything reported
     annots, feats, groups, stage1, cache = parts["B"]
     labels = [a.individual for a in annots]
-    exhaustive = cache.matrix(len(annots), groups)
+    # LightGlue pairs in the order the shortlists need them (a partial run still yields the small-k rows)
+    ks = [k for k in KS if max_k is None or k <= max_k]
+    for k in ks:
+        two_stage_matrix(stage1[chosen], feats, variants[chosen].replace(shortlist_k=k), pair_scores=cache,
+                         progress=False)
+    exhaustive = cache.matrix(len(annots), groups) if max_k is None else None
     rows: Dict[str, dict] = {}
 
     def row(name: str, scores: np.ndarray, recall: Optional[float] = None) -> None:
@@ -221,8 +235,13 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool) -> 
         rows[name] = {"rank1": rep.rank1, "rank5": rep.cmc[5], "mAP": rep.mean_average_precision,
                       "recall": recall, "answerable": rep.num_answerable}
 
-    row("LightGlue exhaustive", exhaustive)
+    if exhaustive is not None:
+        row("LightGlue exhaustive", exhaustive)
     sources: Dict[str, np.ndarray] = {v: stage1[v] for v in variants}
+    if max_k is not None:  # only the chosen stage 1 has its pairs matched
+        sources = {chosen: stage1[chosen]}
+        if hotspotter:
+            row("stage 1 alone: hotspotter", hotspotter_matrix(output, annots, "B"))
     if hotspotter:
         sources["hotspotter"] = hotspotter_matrix(output, annots, "B")
     for source, s1 in sources.items():
@@ -231,17 +250,22 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool) -> 
         fusions = {"sum_log1p": cfg, "lightglue": cfg.replace(fusion="lightglue")}
         if source == chosen:
             fusions["logistic"] = fused_config(cfg, weights)
-        for k in KS:
+        for k in ks:
             recall = recall_at(s1, labels, k)
             for fusion, fcfg in fusions.items():
                 fused, _ = two_stage_matrix(s1, feats, fcfg.replace(shortlist_k=k), pair_scores=cache,
                                             progress=False)
                 row(f"{source} -> LightGlue top {k}, fusion {fusion}", fused, recall)
-        # fusion over all pairs (every pair matched: the upper bound of fusing, not sublinear)
-        all_cfg = cfg.replace(shortlist_k=len(annots))
-        fused, _ = two_stage_matrix(s1, feats, all_cfg, pair_scores=cache, progress=False)
-        row(f"{source} + LightGlue all pairs, fusion sum_log1p", fused)
+        if max_k is None:  # fusion over all pairs (every pair matched: the upper bound of fusing, not sublinear)
+            all_cfg = cfg.replace(shortlist_k=len(annots))
+            fused, _ = two_stage_matrix(s1, feats, all_cfg, pair_scores=cache, progress=False)
+            row(f"{source} + LightGlue all pairs, fusion sum_log1p", fused)
+        for k in KS:  # stage-1 recall at every k, matched or not
+            rows.setdefault(f"shortlist recall of {source} at {k}", {"rank1": float("nan"), "rank5": float("nan"),
+                                                                     "mAP": float("nan"),
+                                                                     "recall": recall_at(s1, labels, k)})
     out["part_b"] = rows
+    out["part_b_max_k"] = max_k
     out["part_b_lightglue_pairs"] = len(cache.scores)
     return out
 
@@ -397,6 +421,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--hotspotter", action="store_true", help="also WBIA's HotSpotter (needs wbia)")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--max-k", type=int, help="part B: match only the top-k shortlists (no exhaustive "
+                        "LightGlue, no other stage-1 variant): a partial run when CPU time is short")
+    parser.add_argument("--skip-recall", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true", help="recall and timing only")
     parser.add_argument("--scale", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--exhaustive-pairs", type=int, default=1000)
@@ -406,10 +433,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     results: Dict[str, Any] = {}
     print(f"machine: {machine()}; load average {loadavg()}")
     if not args.timing_only and not args.skip_accuracy:
-        results["accuracy"] = accuracy(args.output, args.keypoints, args.per_flank, args.hotspotter)
+        results["accuracy"] = accuracy(args.output, args.keypoints, args.per_flank, args.hotspotter, args.max_k)
         (args.output / "accuracy.json").write_text(json.dumps(results["accuracy"], indent=1))
         print(table(results["accuracy"]))
-    if not args.timing_only:
+    if not args.timing_only and not args.skip_recall:
         results["recall_1205"] = recall_large(args.output, load_config(None, device="cpu"))
         results["pq_recall"] = pq_recall(args.output, args.keypoints)
         (args.output / "recall.json").write_text(json.dumps({k: results[k] for k in ("recall_1205", "pq_recall")},
