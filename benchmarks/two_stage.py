@@ -213,7 +213,8 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
     cfg = variants[chosen].replace(shortlist_k=FIT_K)
     _, lg_a = two_stage_matrix(stage1[chosen], feats, cfg, pair_scores=cache, progress=False)
     mask = ~np.isnan(lg_a)
-    same = np.equal.outer(labels, labels)[mask]
+    lab = np.asarray(labels)
+    same = (lab[:, None] == lab[None, :])[mask]
     weights = fit_logistic(lg_a[mask], stage1[chosen][mask], same)
     out.update(part_a_choice=choice, chosen_stage1=chosen, logistic_weights=weights,
                part_a_pairs_fitted=int(mask.sum()), part_a_lightglue_pairs=len(cache.scores))
