@@ -327,3 +327,80 @@ def test_demo_runs_end_to_end(demo_run):
     pictures = list((folder / "matches").glob("*.png"))
     assert len(pictures) == 3 and all(cv2.imread(str(p)) is not None for p in pictures)
     assert f"report: {folder / 'report.html'} (18 photos with their top 3 candidates" in out  # test_report.py
+
+
+# ----------------------------------------------------------------------------- two-stage mode
+def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data, capsys, monkeypatch):
+    from wbia_lightglue.engine import fusion, scoring
+    from wbia_lightglue.engine.shortlist import ShortlistIndex
+
+    store = data / "store"
+    matched = []
+    real = scoring.match_scores
+    monkeypatch.setattr("wbia_lightglue.evaluation.datasets.match_scores",
+                        lambda q, db, *a, **kw: matched.append(len(db)) or real(q, db, *a, **kw))
+    code, out, err = run_cli(capsys, "identify", data / "query-ind2.png", data / "db", "--cache-dir", store,
+                             "--shortlist", "2", "--json", data / "r.json", *TINY)
+    assert code == 0, err
+    assert matched == [2]  # LightGlue ran on the shortlist only
+    ranking = json.loads((data / "r.json").read_text())["candidates"]
+    assert ranking[0]["individual"] == "ind2"
+    indexes = list((store / "shortlist").rglob("*.npz"))
+    assert len(indexes) == 1  # persisted beside the feature store, under the stage-1 fingerprint
+    config = tiny_config().replace(shortlist_k=2)
+    assert indexes[0].parent.name == config.shortlist_fingerprint
+    assert len(ShortlistIndex.load(indexes[0], config)) == 6
+
+    # the same numbers from the engine by hand: stage 1 from the saved index, LightGlue, engine.fusion.fuse
+    from wbia_lightglue.data.dataset import Annotation, load_dataset
+    from wbia_lightglue.data.store import FeatureStore, annotation_features
+
+    fs = FeatureStore(store)
+    db = load_dataset(data / "db")
+    q = Annotation(data / "query-ind2.png", "?")
+    q_s1 = annotation_features([q], fs, config, progress=False, kind="rootsift")
+    db_s1 = annotation_features(db.annotations, fs, config, progress=False, kind="rootsift")
+    stage1 = ShortlistIndex.load(indexes[0], config).search(q_s1.features[0]).ranked(db_s1.keys)
+    top = fusion.shortlist_positions(stage1, 2)
+    q_al = annotation_features([q], fs, config, progress=False).features[0]
+    db_al = annotation_features(db.annotations, fs, config, progress=False).features
+    lg = np.zeros(len(stage1))
+    lg[top] = real(q_al, [db_al[p] for p in top], config)
+    inside = np.isin(np.arange(len(stage1)), top)
+    fused = fusion.fuse(lg, stage1, inside, config)
+    best = {}
+    for annot, score in zip(db.annotations, fused):
+        best[annot.individual] = max(best.get(annot.individual, -np.inf), score)
+    assert {c["individual"]: c["score"] for c in ranking} == pytest.approx(best)
+    assert [c["score"] for c in ranking] == sorted(best.values(), reverse=True)
+
+    # a new photo in the database: the index is updated incrementally, not rebuilt
+    cv2.imwrite(str(data / "db" / "ind1" / "c.png"), cv2.imread(str(data / "query-ind1.png")))
+    result = identify.main(data / "query-ind10.png", data / "db", config, cache_dir=store, progress=False)
+    assert result.candidates[0].individual == "ind10"
+    assert len(ShortlistIndex.load(indexes[0], config)) == 7
+
+
+def test_evaluate_two_stage_fuses_and_hotspotter_source_is_refused(data, capsys):
+    out_dir = data / "eval"
+    code, out, err = run_cli(capsys, "evaluate", data / "db", "--output", out_dir, "--cache-dir", data / "store",
+                             "--shortlist", "2", *TINY)
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["num_answerable"] == 6 and report["cmc"]["1"] == 1.0
+    assert report["meta"]["config"]["shortlist_k"] == 2
+
+    from wbia_lightglue.data.dataset import load_dataset
+    from wbia_lightglue.evaluation.datasets import score_dataset
+
+    config = tiny_config().replace(shortlist_k=2)
+    scored = score_dataset(load_dataset(data / "db"), config, cache_dir=data / "store", progress=False)
+    matched = ~np.isnan(scored.lightglue)
+    assert (matched.sum(axis=1) == 2).all()  # two LightGlue pairs per query
+    assert np.isfinite(scored.scores[~np.eye(6, dtype=bool)]).all()
+
+    bad = data / "hs.json"
+    bad.write_text(json.dumps({"shortlist_k": 2, "shortlist_source": "hotspotter"}))
+    code, _, err = run_cli(capsys, "evaluate", data / "db", "--config", bad, "--cache-dir", data / "store", *TINY)
+    assert code == 2
+    assert_one_error_line(err, "shortlist_source", "hotspotter", "WBIA")

@@ -844,3 +844,72 @@ def test_calibrate_saves_beside_the_config_and_the_api_returns_probabilities(db,
         assert other["probability_list"] is None  # another config file: no calibration of its own
     finally:
         path.unlink(missing_ok=True)
+
+
+# ============================================================================ two-stage mode
+def test_two_stage_query_chips_shortlists_stores_raw_scores_and_fuses(db, config_dir, monkeypatch):
+    from wbia_lightglue.engine import fusion
+
+    ibs = db["ibs"]
+    made = _made(db)
+    path = config_dir / "two_stage.json"
+    path.write_text(json.dumps({**SMALL, "shortlist_k": 2, "shortlist_image_size": 400}))
+    config = core.load_config(path)
+    calls = []
+    original = core.match_scores
+    monkeypatch.setattr(core, "match_scores",
+                        lambda q, d, *a, **kw: calls.append(len(d)) or original(q, d, *a, **kw))
+    qaids = [made[0], made[3]]
+    cms = ibs.query_chips(qaids, made, cfgdict={"pipeline_root": "LightGlue", "config_path": str(path)})
+    assert [cm.qaid for cm in cms] == qaids
+    assert sorted(calls) == [2, 2]  # LightGlue on the shortlist only
+    for cm in cms:
+        assert isinstance(cm, wbia.AnnotMatch) and len(cm.daid_list) == 5
+        assert cm.get_top_nids()[0] == ibs.get_annot_nids(cm.qaid)
+        assert np.isfinite(cm.annot_score_list).all()
+        # the AnnotMatch holds the engine's fused scores: stage 1 from the plugin, stored raw LightGlue
+        daids = [int(d) for d in cm.daid_list]
+        stage1 = ibs.lightglue_stage1_scores(cm.qaid, daids, config)
+        top = fusion.shortlist_positions(stage1, 2)
+        raw = ibs.lightglue_match_scores(cm.qaid, [daids[p] for p in top], config)
+        lg = np.zeros(len(daids))
+        lg[top] = raw
+        expected = fusion.fuse(lg, stage1, np.isin(np.arange(len(daids)), top), config)
+        np.testing.assert_allclose(cm.annot_score_list, expected, rtol=1e-6)
+    # the pair table keeps the raw confidence sums of the shortlisted pairs, nothing else
+    stored = ibs.depc_annot.get("LightGlue", ([cms[0].qaid], [int(cms[0].daid_list[0])]), "score",
+                                config={"config_path": str(path), "fingerprint": config.match_fingerprint})
+    assert stored[0] >= 0
+    # the job path (query_chips with pipeline_root) and a direct depc request give the same AnnotMatches
+    cms2 = ibs.depc_annot.new_request("LightGlue", qaids, made, {"config_path": str(path)}).execute()
+    for a, b in zip(cms, cms2):
+        np.testing.assert_allclose(a.annot_score_list, b.annot_score_list)
+    # the stage-1 index is persisted in the database's cache folder and kept in step
+    saved = list((Path(ibs.get_cachedir()) / "lightglue_shortlist").glob("*.npz"))
+    assert [p.stem for p in saved] == [config.shortlist_fingerprint]
+
+
+def test_two_stage_hotspotter_source_and_chip_change(db, config_dir):
+    ibs = db["ibs"]
+    made = _made(db)
+    path = config_dir / "two_stage_hs.json"
+    path.write_text(json.dumps({**SMALL, "shortlist_k": 2, "shortlist_source": "hotspotter"}))
+    cms = ibs.query_chips([made[2]], made, cfgdict={"pipeline_root": "LightGlue", "config_path": str(path)})
+    assert cms[0].get_top_nids()[0] == ibs.get_annot_nids(made[2])
+    hs = ibs.lightglue_stage1_scores(made[2], made, path)
+    assert hs[made.index(made[2])] == 0.0 and max(hs) > 0 and all(np.isfinite(hs))
+
+    # a chip change (bbox edit) drops the annotation's stage-1 descriptors; the next query re-adds it
+    index_path = config_dir / "two_stage_idx.json"
+    index_path.write_text(json.dumps({**SMALL, "shortlist_k": 2, "shortlist_image_size": 400}))
+    config = core.load_config(index_path)
+    ibs.lightglue_stage1_scores(made[0], made, config)
+    index = next(i for (d, fp), i in plugin_module._INDEXES.items()
+                 if d == str(ibs.get_dbdir()) and fp == config.shortlist_fingerprint)
+    old = str(ibs.get_annot_visual_uuids([made[5]])[0])
+    assert old in index
+    w, h = ibs.get_annot_bboxes([made[5]])[0][2:]
+    ibs.set_annot_bboxes([made[5]], [(0, 0, w - 10, h - 10)])
+    assert old not in index
+    scores = ibs.lightglue_stage1_scores(made[0], made, config)
+    assert str(ibs.get_annot_visual_uuids([made[5]])[0]) in index and len(scores) == len(made)

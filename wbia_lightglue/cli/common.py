@@ -32,6 +32,8 @@ def common_options() -> argparse.ArgumentParser:
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
     group.add_argument("--keypoints", type=int, metavar="N", help="override max_num_keypoints")
     group.add_argument("--image-size", type=int, metavar="PX", help="override image_size (long edge)")
+    group.add_argument("--shortlist", type=int, metavar="K",
+                       help="override shortlist_k: two-stage mode, LightGlue on the top K of stage 1 (0: exhaustive)")
     group.add_argument("--cache-dir", type=Path, metavar="DIR",
                        help="feature store (default: ~/.cache/wbia_lightglue/features)")
     group.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress messages, -vv: debug")
@@ -43,7 +45,7 @@ def config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = 
     """The config file (or defaults) with ``base`` and the command-line overrides applied; device checked."""
     overrides = dict(base or {})
     for key, value in (("max_num_keypoints", args.keypoints), ("image_size", args.image_size),
-                       ("device", args.device)):
+                       ("device", args.device), ("shortlist_k", getattr(args, "shortlist", None))):
         if value is not None:
             overrides[key] = value
     config = load_config(args.config, **overrides)

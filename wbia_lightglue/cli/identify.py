@@ -15,15 +15,16 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..data.dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
 from ..data.files import atomic_write_text
-from ..data.store import FeatureStore, annotation_features
-from ..engine.config import ConfigLike, resolve_config
+from ..data.store import FeatureStore, StoreReport, annotation_features
+from ..engine.config import Config, ConfigLike, resolve_config
 from ..engine.scoring import match_scores, name_scores
 from ..evaluation import html_report
 from ..evaluation.calibration import Calibration, load_calibration
+from ..evaluation.datasets import two_stage_query
 from .common import check_top, config_from_args, features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
@@ -146,9 +147,43 @@ def main(
         what = "is not a regular file" if query_annot.path.exists() else "does not exist"
         raise DatasetError(f"query image {query} {what}")
     dataset = database if isinstance(database, Dataset) else load_dataset(database)
+    if config["shortlist_k"] > 0:
+        annots, feats, scores, q_report, report, calibration = _two_stage(query_annot, dataset, store, config,
+                                                                          progress)
+    else:
+        annots, feats, scores, q_report, report, calibration = _exhaustive(query_annot, dataset, store, config,
+                                                                           progress)
+    ranking = rank_individuals(scores, annots, config["name_score"], calibration)
+    result = Identification(str(query), ranking,
+                            loaded=q_report.loaded + report.loaded, extracted=q_report.extracted + report.extracted,
+                            skipped=report.failed)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
+    if csv_path is not None:
+        _write_csv(csv_path, result.candidates[:top] if top else result.candidates)
+    if report_path is not None:
+        best = best_annotations(scores, annots)
+        shown_annots = [annots[best[c.individual]] for c in ranking[:top or DEFAULT_TOP]]
+        shown_feats = _features_of(shown_annots, annots, feats, store, config)
+        shown = [html_report.ShownCandidate(c.rank, c.individual, annot, c.score, c.probability, f)
+                 for c, annot, f in zip(ranking, shown_annots, shown_feats)]
+        q_feats = annotation_features([query_annot], store, config, progress=False, on_error="raise").features[0]
+        query_shown = html_report.ShownQuery(query_annot, shown, q_feats)
+        result.report = html_report.identification_report(
+            report_path, query_shown, config, database=str(dataset.source), compared=len(annots),
+            skipped=report.failed, calibration=calibration)
+    return result
+
+
+Scored = Tuple[List[Annotation], Optional[List[Dict[str, Any]]], List[float], StoreReport, StoreReport,
+               Optional[Calibration]]
+
+
+def _exhaustive(query_annot: Annotation, dataset: Dataset, store: FeatureStore, config: Config,
+                progress: bool) -> Scored:
+    """One-stage mode: LightGlue against every database annotation (raw scores, calibrated when possible)."""
     query_stored = annotation_features([query_annot], store, config, progress=False, on_error="raise")
     stored = annotation_features(dataset.annotations, store, config, progress=progress)
-    q_report, report = query_stored.report, stored.report
     others = [i for i, key in enumerate(stored.keys) if key != query_stored.keys[0]]
     if len(others) < len(stored.annotations):
         logger.info("the query photo is itself in the database; it is left out of the ranking")
@@ -156,27 +191,30 @@ def main(
         raise DatasetError(f"database {dataset.source} has no usable annotation besides the query")
     annots, feats = [stored.annotations[i] for i in others], [stored.features[i] for i in others]
     scores = match_scores(query_stored.features[0], feats, config, progress=progress)
-    calibration = load_calibration(config)
-    ranking = rank_individuals(scores, annots, config["name_score"], calibration)
-    result = Identification(str(query), ranking,
-                            loaded=q_report.loaded + report.loaded, extracted=q_report.extracted + report.extracted,
-                            skipped=report.failed)
-    logger.info("query features %s; database: %d loaded, %d extracted", "extracted" if q_report.extracted
-                else "loaded", report.loaded, report.extracted)
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
-    if csv_path is not None:
-        _write_csv(csv_path, result.candidates[:top] if top else result.candidates)
-    if report_path is not None:
-        best = best_annotations(scores, annots)
-        shown = [html_report.ShownCandidate(c.rank, c.individual, annots[best[c.individual]], c.score,
-                                            c.probability, feats[best[c.individual]])
-                 for c in ranking[:top or DEFAULT_TOP]]
-        query_shown = html_report.ShownQuery(query_annot, shown, query_stored.features[0])
-        result.report = html_report.identification_report(
-            report_path, query_shown, config, database=str(dataset.source), compared=len(annots),
-            skipped=report.failed, calibration=calibration)
-    return result
+    logger.info("query features %s; database: %d loaded, %d extracted", "extracted" if query_stored.report.extracted
+                else "loaded", stored.report.loaded, stored.report.extracted)
+    return annots, feats, scores, query_stored.report, stored.report, load_calibration(config)
+
+
+def _two_stage(query_annot: Annotation, dataset: Dataset, store: FeatureStore, config: Config,
+               progress: bool) -> Scored:
+    """Two-stage mode (``shortlist_k`` > 0): stage-1 index, LightGlue on the shortlist, fused scores."""
+    annots, scored, report = two_stage_query(query_annot, dataset.annotations, store, config,
+                                             persist_as=dataset.source, progress=progress)
+    logger.info("two-stage: LightGlue on %d of %d annotations", int(scored.shortlisted.sum()), len(annots))
+    # no calibration: it maps raw LightGlue scores, and fused scores are not on that scale
+    return annots, None, scored.fused.tolist(), StoreReport(), report, None
+
+
+def _features_of(shown: Sequence[Annotation], annots: Sequence[Annotation],
+                 feats: Optional[Sequence[Dict[str, Any]]], store: FeatureStore, config: Config) -> List[Any]:
+    """ALIKED features of the annotations shown in the report (from memory, else from the store)."""
+    if feats is not None:
+        position = {id(a): k for k, a in enumerate(annots)}
+        return [feats[position[id(a)]] for a in shown]
+    stored = annotation_features(list(shown), store, config, progress=False)
+    by_annotation = {id(a): f for a, f in zip(stored.annotations, stored.features)}
+    return [by_annotation.get(id(a)) for a in shown]
 
 
 def _write_csv(path: Union[str, Path], candidates: Sequence[Candidate]) -> None:

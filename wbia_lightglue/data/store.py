@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..engine.config import Config
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
 from ..engine.models import DeviceLike
+from ..engine.shortlist import ShortlistIndex, extract_shortlist_features
 from .dataset import Annotation
 from .files import atomic_write, remove_stale_temp_files
 from .images import BBox, ImageReadError, decode_image, image_size, read_image_bytes
@@ -37,6 +38,10 @@ logger = logging.getLogger("wbia_lightglue")
 
 DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wbia_lightglue" / "features"
 ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
+# What a store holds: ALIKED features (LightGlue's input) or stage-1 RootSIFT features (engine.shortlist),
+# each under its own fingerprint folder.
+FeatureKind = Literal["aliked", "rootsift"]
+SHORTLIST_ARRAY_KEYS = ("keypoints", "descriptors", "image_size")
 # Photos read, decoded and extracted per step: what is held in memory at once (raw bytes, then chips) is
 # at most this many photos and this many decoded pixels, whatever the size of the dataset.
 EXTRACT_CHUNK = 32
@@ -90,20 +95,26 @@ class FeatureStore:
     def temp_dir(self, fingerprint: str) -> Path:
         return self.root / fingerprint / TEMP_DIR
 
+    @staticmethod
+    def fingerprint(config: Config, kind: FeatureKind = "aliked") -> str:
+        """The folder name of ``kind`` features under ``config``."""
+        return config.feature_fingerprint if kind == "aliked" else f"rootsift-{config.shortlist_feature_fingerprint}"
+
     def load(self, key: str, fingerprint: str) -> Optional[Dict[str, Any]]:
         """The stored features, or None when absent or damaged (then they are re-extracted and overwritten)."""
         path = self.entry_path(key, fingerprint)
         if not path.is_file():  # also refuses a FIFO or device planted in the store
             return None
+        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("rootsift-") else ARRAY_KEYS
         try:
             with np.load(path, allow_pickle=False) as data:
-                feats = {name: data[name] for name in ARRAY_KEYS}
+                feats = {name: data[name] for name in names}
         except Exception as exc:  # noqa: BLE001 - a damaged zip raises BadZipFile, EOFError, ValueError, KeyError,
             # NotImplementedError, RuntimeError, tokenize errors or MemoryError (a flipped shape): all mean re-extract
             logger.warning("feature file %s is unreadable (%s: %s); re-extracting", path, type(exc).__name__,
                            str(exc)[:100])
             return None
-        problem = entry_problem(feats)
+        problem = entry_problem(feats) if names is ARRAY_KEYS else shortlist_entry_problem(feats)
         if problem is not None:
             logger.warning("feature file %s is damaged (%s); re-extracting", path, problem)
             return None
@@ -118,7 +129,8 @@ class FeatureStore:
         """
         if not self.writable:
             return None
-        arrays = {name: np.asarray(feats[name]) for name in ARRAY_KEYS}
+        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("rootsift-") else ARRAY_KEYS
+        arrays = {name: np.asarray(feats[name]) for name in names}
         try:
             return atomic_write(self.entry_path(key, fingerprint), lambda out: np.savez(out, **arrays),
                                 temp_dir=self.temp_dir(fingerprint))
@@ -136,19 +148,20 @@ class FeatureStore:
         device: DeviceLike = None,
         progress: bool = True,
         on_error: OnError = "skip",
+        kind: FeatureKind = "aliked",
     ) -> Tuple[List[Optional[Dict[str, Any]]], List[Optional[str]], StoreReport]:
         """Features of each ``(image path, bbox)``: loaded when stored, otherwise extracted and stored.
 
         Returns the features (None for an annotation that was skipped: unreadable file, empty crop, or a
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
         skipped), and a StoreReport with the counts. With ``on_error='raise'`` (a query, a pair) an unusable
-        image raises ImageReadError instead of being skipped.
+        image raises ImageReadError instead of being skipped. ``kind='rootsift'``: stage-1 features.
 
         Photos are read once, in order; those not in the store wait in a chunk (at most EXTRACT_CHUNK photos
         and CHUNK_PIXELS pixels) that is decoded, extracted and released before the next one fills.
         """
         check_on_error(on_error)
-        fingerprint = config.feature_fingerprint
+        fingerprint = self.fingerprint(config, kind)
         removed = remove_stale_temp_files(self.temp_dir(fingerprint), STALE_TEMP_SECONDS)
         if removed:
             logger.info("feature store: removed %d temporary files left by an interrupted run", removed)
@@ -161,7 +174,7 @@ class FeatureStore:
 
         def flush() -> None:
             nonlocal chunk_pixels
-            self._extract_chunk(chunk, sources, keys, feats, report, config, device, on_error)
+            self._extract_chunk(chunk, sources, keys, feats, report, config, device, on_error, kind)
             bar.update(len(chunk))
             chunk.clear()
             chunk_pixels = 0
@@ -195,7 +208,8 @@ class FeatureStore:
 
     def _extract_chunk(self, chunk: List[Tuple[int, bytes]], sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
                        keys: List[Optional[str]], feats: List[Optional[Dict[str, Any]]], report: StoreReport,
-                       config: Config, device: DeviceLike, on_error: OnError) -> None:
+                       config: Config, device: DeviceLike, on_error: OnError,
+                       kind: FeatureKind = "aliked") -> None:
         chips, positions = [], []
         for pos, data in chunk:
             path, bbox = sources[pos]
@@ -209,7 +223,11 @@ class FeatureStore:
             return
         names = [str(sources[pos][0]) for pos in positions]
         try:
-            outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error, progress=False)
+            if kind == "aliked":
+                outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
+                                           progress=False)
+            else:
+                outputs = extract_shortlist_features(chips, config, keys=names, on_error=on_error)
         except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
             raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
@@ -217,7 +235,7 @@ class FeatureStore:
                 keys[pos] = None
                 report.failed.append(out["error"])
                 continue
-            self.save(keys[pos], config.feature_fingerprint, out)  # type: ignore[arg-type]
+            self.save(keys[pos], self.fingerprint(config, kind), out)  # type: ignore[arg-type]
             feats[pos] = out
             report.extracted += 1
 
@@ -246,6 +264,16 @@ def entry_problem(feats: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def shortlist_entry_problem(feats: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a stored stage-1 (RootSIFT) entry (None when it looks as written)."""
+    kpts, desc, size = (np.asarray(feats[name]) for name in SHORTLIST_ARRAY_KEYS)
+    if kpts.ndim != 2 or kpts.shape[1] != 2 or desc.ndim != 2 or len(desc) != len(kpts):
+        return f"keypoints {kpts.shape} and descriptors {desc.shape} do not pair up"
+    if size.shape != (2,) or not np.isfinite(kpts).all():
+        return "image_size or keypoints malformed"
+    return None
+
+
 def _chip_pixels(data: bytes, bbox: Optional[BBox]) -> int:
     """Pixels the decoded chip will hold (header size, or the box); 0 when unknown (decoding will say why)."""
     if bbox is not None:
@@ -262,13 +290,43 @@ def annotation_features(
     device: DeviceLike = None,
     progress: bool = True,
     on_error: OnError = "skip",
+    kind: FeatureKind = "aliked",
 ) -> StoredFeatures:
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
     ``on_error='raise'``: raise ImageReadError on the first unusable image instead of skipping it.
+    ``kind='rootsift'``: the stage-1 features (engine.shortlist) instead of ALIKED's.
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
-                                         device=device, progress=progress, on_error=on_error)
+                                         device=device, progress=progress, on_error=on_error, kind=kind)
     kept = [i for i, f in enumerate(feats) if f is not None]
     return StoredFeatures([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
                           [keys[i] for i in kept], report)  # type: ignore[misc]
+
+
+def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config, database: Union[str, Path], *,
+                    device: Any = None, persist: bool = True) -> ShortlistIndex:
+    """The stage-1 index of a database's annotations, persisted beside the feature store.
+
+    File: ``<store root>/shortlist/<config.shortlist_fingerprint>/<digest of the database path>.npz``.
+    ``stored`` holds the annotations' stage-1 (``kind='rootsift'``) features and content keys. An existing
+    file is brought in step incrementally: annotations no longer in the database are removed, new ones
+    added; nothing is rebuilt unless the index type must change. An unreadable or foreign file is rebuilt.
+    """
+    name = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
+    path = store.root / "shortlist" / config.shortlist_fingerprint / f"{name}.npz"
+    index: Optional[ShortlistIndex] = None
+    if persist and path.is_file():
+        try:
+            index = ShortlistIndex.load(path, config, device=device)
+        except ValueError as exc:
+            logger.warning("%s; rebuilding it", exc)
+    if index is None:
+        index = ShortlistIndex(config, device=device)
+    by_key = dict(zip(stored.keys, stored.features))
+    added, removed = index.sync(list(by_key), lambda keys: [by_key[k] for k in keys])
+    logger.info("stage-1 index %s: %d annotations (%d added, %d removed), %s, %d vectors",
+                path if persist else "(in memory)", len(index), added, removed, index.kind, index.num_vectors)
+    if persist and (added or removed or not path.is_file()):
+        index.save(path)
+    return index

@@ -25,6 +25,9 @@ DEVICES = ("auto", "cpu", "cuda")
 SCORE_NAMES = ("confidence_sum", "match_count", "inlier_count", "inlier_confidence_sum")
 NAME_SCORES = ("max", "sum", "mean_top3")
 CPU_PRECISIONS = ("fp32", "bf16")
+SHORTLIST_SOURCES = ("index", "hotspotter")
+SHORTLIST_INDEXES = ("auto", "flat", "ivf", "ivfpq")
+FUSIONS = ("sum_log1p", "logistic", "lightglue")
 
 # Bumped whenever extraction code changes its output for the same config (invalidates stored features).
 FEATURE_CODE_VERSION = 1
@@ -112,12 +115,37 @@ SPECS: Dict[str, KeySpec] = {
     # WBIA: the synchronous match-score route refuses larger databases (0 = automatic from the device and
     # keypoints, see wbia_plugin.routes.sync_database_limit); bigger queries go through the job engine
     "web_max_database": KeySpec(0, "integer", lambda v: 0 <= v <= 100_000, "0 (automatic) .. 100000"),
+    # two-stage identification (engine.shortlist, engine.fusion): stage 1 ranks the whole database with a
+    # kNN index (or WBIA's HotSpotter), LightGlue scores only its top shortlist_k, the two scores are fused.
+    # shortlist_k = 0: exhaustive LightGlue, exactly the one-stage scores
+    "shortlist_k": KeySpec(0, "integer", lambda v: 0 <= v <= 100000, "0 (exhaustive) .. 100000"),
+    "shortlist_source": KeySpec("index", "string", *_choice(*SHORTLIST_SOURCES)),
+    # stage-1 features: RootSIFT (OpenCV SIFT) on the chip, long edge at most shortlist_image_size
+    "shortlist_image_size": KeySpec(1600, "integer", lambda v: 64 <= v <= 8192, "64..8192"),
+    "shortlist_features": KeySpec(1000, "integer", lambda v: 16 <= v <= 20000, "16..20000"),
+    "shortlist_knn": KeySpec(4, "integer", lambda v: 1 <= v <= 64, "1..64"),  # LNBNN K (+1 normaliser)
+    "shortlist_index": KeySpec("auto", "string", *_choice(*SHORTLIST_INDEXES)),
+    "shortlist_nprobe": KeySpec(16, "integer", lambda v: 1 <= v <= 65536, "1..65536"),
+    "shortlist_spatial": KeySpec(False, "boolean"),
+    "fusion": KeySpec("sum_log1p", "string", *_choice(*FUSIONS)),
+    # fusion 'logistic': P(same) = sigmoid(bias + w_lightglue * log1p(lightglue) + w_stage1 * log1p(stage 1))
+    "fusion_bias": KeySpec(0.0, "number"),
+    "fusion_w_lightglue": KeySpec(1.0, "number", lambda v: v >= 0, ">= 0"),
+    "fusion_w_stage1": KeySpec(1.0, "number", lambda v: v >= 0, ">= 0"),
 }
 DEFAULTS: Dict[str, Any] = {key: spec.default for key, spec in SPECS.items()}
 
 FEATURE_KEYS = ("model_name", "max_num_keypoints", "detection_threshold", "image_size")
 MATCH_KEYS = ("depth_confidence", "width_confidence", "filter_threshold", "screen_layer", "screen_score", "score",
               "score_match_threshold")
+# what the stage-1 index holds (keys its persisted file); the pair table's match scores do not depend on them
+SHORTLIST_FEATURE_KEYS = ("shortlist_image_size", "shortlist_features")
+SHORTLIST_INDEX_KEYS = ("shortlist_index",)
+# what turns pair scores into the ranking (two-stage); with shortlist_k = 0 none of them matters
+RANKING_KEYS = ("shortlist_k", "shortlist_source", "shortlist_knn", "shortlist_nprobe", "shortlist_spatial",
+                "fusion", "fusion_bias", "fusion_w_lightglue", "fusion_w_stage1", "name_score")
+# Bumped whenever stage-1 (RootSIFT) extraction changes its output for the same config.
+SHORTLIST_CODE_VERSION = 1
 
 
 class Config(Mapping):
@@ -183,6 +211,28 @@ class Config(Mapping):
     def match_fingerprint(self) -> str:
         """Digest of the values that change match scores (features included)."""
         return digest({"features": self.feature_fingerprint, **{k: self._values[k] for k in MATCH_KEYS}})
+
+    @property
+    def shortlist_feature_fingerprint(self) -> str:
+        """Digest of the values that change stage-1 (RootSIFT) features."""
+        return digest({"v": SHORTLIST_CODE_VERSION, **{k: self._values[k] for k in SHORTLIST_FEATURE_KEYS}})
+
+    @property
+    def shortlist_fingerprint(self) -> str:
+        """Digest of the values that change the stage-1 index (keys its persisted file)."""
+        return digest({"features": self.shortlist_feature_fingerprint,
+                       **{k: self._values[k] for k in SHORTLIST_INDEX_KEYS}})
+
+    @property
+    def ranking_fingerprint(self) -> str:
+        """Digest of everything that changes the final ranking: match scores, stage 1 and fusion.
+
+        With ``shortlist_k = 0`` (exhaustive) the stage-1 and fusion keys do not matter and are left out.
+        """
+        if self._values["shortlist_k"] == 0:
+            return digest({"match": self.match_fingerprint, "name_score": self._values["name_score"]})
+        return digest({"match": self.match_fingerprint, "shortlist": self.shortlist_fingerprint,
+                       **{k: self._values[k] for k in RANKING_KEYS}})
 
     @property
     def fingerprint(self) -> str:

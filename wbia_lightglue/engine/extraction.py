@@ -37,6 +37,11 @@ class InvalidChipError(ValueError):
 
 MIN_CHIP_SIDE = 8  # pixels; smaller chips hold no usable texture
 MIN_RESIZED_SIDE = 16
+# How a chip is downsized to image_size: 'area' (OpenCV INTER_AREA) or 'antialias' (upstream ALIKED's own
+# preprocessing: kornia bilinear with antialiasing, kept in float). Measured on nyala-fullres by
+# benchmarks/resize_nyala.py (README, "Resizing"); upsizing is always bilinear.
+RESIZE_METHODS = ("area", "antialias")
+RESIZE_METHOD = "area"
 
 
 def _label(key: Any) -> str:
@@ -66,10 +71,17 @@ def prepare_chip(chip: Any, key: Any = None) -> np.ndarray:
     return np.ascontiguousarray(chip[:, :, 2::-1])  # BGR(A) -> RGB
 
 
-def resize_long_edge(image: np.ndarray, size: int, key: Any = None) -> Tuple[np.ndarray, Tuple[float, float]]:
-    """Resize so the long edge is ``size``; returns the image and the (x, y) scale factors."""
+def resize_long_edge(image: np.ndarray, size: int, key: Any = None,
+                     method: Optional[str] = None) -> Tuple[np.ndarray, Tuple[float, float]]:
+    """Resize so the long edge is ``size``; returns the image and the (x, y) scale factors.
+
+    ``method`` (default ``RESIZE_METHOD``) chooses the downsizing filter; see ``RESIZE_METHODS``.
+    """
     import cv2
 
+    method = method or RESIZE_METHOD
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method {method!r}; expected one of {', '.join(RESIZE_METHODS)}")
     height, width = image.shape[:2]
     scale = size / max(height, width)
     new_w, new_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
@@ -77,10 +89,23 @@ def resize_long_edge(image: np.ndarray, size: int, key: Any = None) -> Tuple[np.
         raise InvalidChipError(
             f"{_label(key)}: a {width}x{height} chip becomes {new_w}x{new_h} at image_size {size}; "
             f"the aspect ratio is too extreme")
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     if (new_w, new_h) != (width, height):
-        image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        if method == "antialias" and scale < 1:
+            image = _resize_antialias(image, new_w, new_h)
+        else:
+            image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     return image, (new_w / width, new_h / height)
+
+
+def _resize_antialias(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Upstream's resize (kornia bilinear, antialias=True); float32 in 0..255, not rounded, as upstream."""
+    import kornia
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    out = kornia.geometry.transform.resize(tensor, (new_h, new_w), interpolation="bilinear", antialias=True,
+                                           align_corners=None)
+    return (out[0].permute(1, 2, 0) * 255).numpy().astype(np.float32)
 
 
 def empty_features(config: Config, image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> dict:

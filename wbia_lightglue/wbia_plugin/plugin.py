@@ -15,6 +15,12 @@ Registered here:
 Freshness across processes: features in memory are keyed by each annotation's visual UUID (WBIA renews it
 on every image/bbox/theta edit); a chip that cannot be read is never stored; features computed while
 their annotation changed are dropped.
+
+Two-stage mode (config ``shortlist_k`` > 0): a request first ranks every database annotation with stage 1
+(``shortlist_source``: the plugin's FAISS RootSIFT index, ``lightglue_stage1_scores``, or WBIA's own
+HotSpotter through ``ibs.query_chips`` with the default pipeline), computes the ``LightGlue`` pair table
+(raw confidence sums, as always) only for each query's top ``shortlist_k``, and builds the AnnotMatch from
+the fused scores (``engine.fusion``); annotations outside the shortlist keep their stage-1 evidence.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ from wbia import constants as const  # noqa: E402
 from wbia import dtool  # noqa: E402
 
 from .. import core  # noqa: E402
+from ..engine import fusion  # noqa: E402
+from ..engine.shortlist import ShortlistIndex, extract_shortlist_features  # noqa: E402
 from ..evaluation import calibration, drawing  # noqa: E402
 from ..evaluation.protocol import DEFAULT_RANKS, evaluate_scores, score_feature_pairs  # noqa: E402
 
@@ -440,17 +448,36 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         cfgdict["fingerprint"] = config.match_fingerprint
         return super().new(depc, qaid_list, daid_list, cfgdict, tablename)
 
-    def execute(request, *args, **kwargs):
-        """The AnnotMatches; a query whose chip cannot be computed fails the request with the reason
-        (its scores would all be 0, a ranking that means nothing). A bad database annotation scores 0."""
+    def execute(request, parent_rowids=None, use_cache=None, postprocess=True, **kwargs):
+        """The AnnotMatches. One-stage: every pair (WBIA's own execute). Two-stage: stage 1, the pairs of the
+        shortlist, fusion. A query whose chip cannot be computed fails the request with the reason (its
+        scores would all be 0, a ranking that means nothing); a bad database annotation scores 0."""
         ibs = request.depc.controller
-        qaids = [int(q) for q in dict.fromkeys(np.asarray(request.qaids).tolist())]
         config = core.load_config(request.config["config_path"])
+        qaids = [int(q) for q in dict.fromkeys(np.asarray(request.qaids).tolist())]
         for qaid, feats in zip(qaids, ibs.lightglue_features(qaids, config)):
             if "error" in feats:
                 raise QueryChipError(f"query annotation {qaid} ({_annot_uuids(ibs, [qaid])[0]}): {feats['error']}; "
                                      "nothing to match")
-        return super().execute(*args, **kwargs)
+        if config["shortlist_k"] == 0 or not postprocess:
+            return super().execute(parent_rowids, use_cache=use_cache, postprocess=postprocess, **kwargs)
+        grouped: Dict[int, List[int]] = {}
+        for qaid, daid in parent_rowids if parent_rowids is not None else request.parent_rowids:
+            grouped.setdefault(int(qaid), []).append(int(daid))
+        cms = []
+        for qaid, daids in grouped.items():
+            stage1 = ibs.lightglue_stage1_scores(qaid, daids, config)
+
+            def stored_pairs(positions: List[int], qaid: int = qaid, daids: List[int] = daids) -> List[float]:
+                pairs = [(qaid, daids[p]) for p in positions]
+                rows = super(LightGlueRequest, request).execute(pairs, use_cache=use_cache, postprocess=False)
+                return [float(row[0] if isinstance(row, (tuple, list)) else row) for row in rows]
+
+            scored = fusion.two_stage_scores({}, [], stage1, config, lightglue=stored_pairs)
+            logger.info("two-stage query %d: stage 1 (%s) over %d annotations, LightGlue on %d",
+                        qaid, config["shortlist_source"], len(daids), int(scored.shortlisted.sum()))
+            cms.append(_annot_match(ibs, qaid, daids, scored.fused.tolist(), request.config["name_score"]))
+        return cms
 
     def postprocess_execute(request, table, parent_rowids, rowids, result_list):
         ibs = request.depc.controller
@@ -522,12 +549,90 @@ def compute_lightglue_scores(depc, qaid_list: Sequence[int], daid_list: Sequence
         yield (float(score),)
 
 
+# ============================================================================ stage 1 (two-stage mode)
+# Live stage-1 indexes, one per (database, stage-1 fingerprint); each is also saved in the database's cache
+# folder. Keys are annotation *visual* UUIDs, which WBIA changes with the chip (image, bbox, theta), so an
+# edited annotation is never matched through its old descriptors even across processes.
+_INDEXES: Dict[Tuple[str, str], ShortlistIndex] = {}
+# (database, aid) -> the visual UUID its stage-1 descriptors were indexed under: WBIA updates the visual
+# UUID before it calls delete_root, so the invalidation hook needs the old one
+_INDEXED_AS: Dict[Tuple[str, int], str] = {}
+
+
+def _shortlist_path(ibs, config: core.Config) -> Path:
+    return Path(ibs.get_cachedir()) / "lightglue_shortlist" / f"{config.shortlist_fingerprint}.npz"
+
+
+def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[ShortlistIndex, List[str]]:
+    """The database's stage-1 index, brought in step with ``aids`` (added / removed incrementally)."""
+    keys = [str(u) for u in ibs.get_annot_visual_uuids(list(aids))]
+    cache_key = (str(ibs.get_dbdir()), config.shortlist_fingerprint)
+    index = _INDEXES.get(cache_key)
+    path = _shortlist_path(ibs, config)
+    if index is None and path.is_file():
+        try:
+            index = ShortlistIndex.load(path, config)
+        except ValueError as exc:
+            logger.warning("%s; rebuilding it", exc)
+    if index is None:
+        index = ShortlistIndex(config)
+    aid_of = dict(zip(keys, aids))
+
+    def features_of(missing: List[str]) -> List[dict]:
+        missing_aids = [aid_of[k] for k in missing]
+        chips = _annot_chips(ibs, missing_aids)
+        return extract_shortlist_features([c if c is not None else np.zeros((0, 0, 3), np.uint8) for c in chips],
+                                          config, keys=missing_aids)
+
+    added, removed = index.sync(keys, features_of)
+    _INDEXES[cache_key] = index
+    _INDEXED_AS.update({(cache_key[0], int(aid)): key for aid, key in zip(aids, keys)})
+    if added or removed or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index.save(path)
+        logger.info("stage-1 index %s: %d annotations (%d added, %d removed)", path, len(index), added, removed)
+    return index, keys
+
+
+@register_ibs_method
+def lightglue_stage1_scores(ibs, qaid: int, daid_list: Sequence[int], config_path: ConfigPath = None) -> List[float]:
+    """Stage-1 scores of ``qaid`` vs each daid (config ``shortlist_source``); never NaN, 0 = no evidence.
+
+    ``'index'``: LNBNN over the plugin's FAISS RootSIFT index of the daids (incremental, persisted);
+    ``'hotspotter'``: WBIA's HotSpotter annotation scores (``ibs.query_chips``, default pipeline).
+    The query itself scores 0 where it appears among the daids.
+    """
+    config = core.load_config(config_path)
+    daids = [int(d) for d in daid_list]
+    others = list(dict.fromkeys(d for d in daids if d != qaid))
+    if not others:
+        return [0.0] * len(daids)
+    if config["shortlist_source"] == "hotspotter":
+        cm = ibs.query_chips([qaid], others, cfgdict={"pipeline_root": "vsmany"}, use_cache=False)[0]
+        values = [float(v) if v is not None and np.isfinite(v) else 0.0 for v in cm.get_annot_scores(others)]
+    else:
+        index, keys = _stage1_index(ibs, others, config)
+        query = ibs.get_annot_visual_uuids([qaid])[0]
+        chip = _annot_chips(ibs, [qaid])[0]
+        feats = extract_shortlist_features([chip if chip is not None else np.zeros((0, 0, 3), np.uint8)], config,
+                                           keys=[qaid])[0]
+        values = index.search(feats, exclude=[str(query)]).ranked(keys).tolist()
+    by_daid = dict(zip(others, values))
+    return [max(0.0, by_daid.get(d, 0.0)) for d in daids]
+
+
 # ============================================================================ cache invalidation
 def _forget_features(ibs, aids: Sequence[int]) -> None:
     uuids = [u for u in ibs.get_annot_uuids(list(aids)) if u is not None]
     dropped = core.invalidate_features(uuids)
     if dropped:
         logger.info("dropped %d cached feature entries of %d annotations whose chips changed", dropped, len(uuids))
+    # their stage-1 descriptors go too (keyed by the visual UUID the chip had until now)
+    dbdir_now = str(ibs.get_dbdir())
+    visual = {_INDEXED_AS.pop((dbdir_now, int(aid)), "") for aid in aids} - {""}
+    for (dbdir, _), index in _INDEXES.items():
+        if dbdir == dbdir_now and visual and index.remove(visual):
+            logger.info("dropped %d annotations from the stage-1 index (chips changed)", len(visual))
 
 
 def _install_invalidation_hook() -> None:

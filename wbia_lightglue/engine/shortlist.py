@@ -1,0 +1,486 @@
+"""Stage 1 of two-stage identification: a sublinear shortlist over the whole database.
+
+Each annotation contributes RootSIFT descriptors (OpenCV SIFT on the chip, long edge at most
+``shortlist_image_size``, the ``shortlist_features`` strongest, L1-normalised and square-rooted, stored
+as uint8 like HotSpotter's) to ONE FAISS index of the whole database. A query searches it once: for each
+query descriptor its ``shortlist_knn`` + 1 nearest database descriptors, and LNBNN voting (HotSpotter's
+local naive Bayes nearest neighbour): each of the first K neighbours votes ``d_norm - d`` for its
+annotation, where ``d_norm`` is the distance to the (K+1)-th neighbour; an annotation takes at most one
+vote per query descriptor; its score is the sum. Optionally (``shortlist_spatial``) the top candidates'
+votes are checked by a RANSAC similarity transform and only the inliers count.
+
+The index is incremental (``add`` appends; ``remove`` drops an annotation's vectors), persisted with
+``save`` / ``ShortlistIndex.load``, and picks its FAISS type by size (``shortlist_index='auto'``: exact
+flat search up to ``AUTO_IVF_VECTORS`` vectors, IVF with 8-bit scalar quantisation beyond; ``ivfpq`` for
+the largest databases). IVF indexes are trained on the vectors present when they are built and rebuilt
+from the kept raw descriptors when the database has grown ``RETRAIN_GROWTH`` times since. On CUDA the
+exact search runs in torch (or on faiss-gpu when that build is installed).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .config import Config, ConfigError, ConfigLike, resolve_config
+from .extraction import InvalidChipError, OnError, check_on_error, prepare_chip
+
+logger = logging.getLogger("wbia_lightglue")
+
+DIM = 128
+AUTO_IVF_VECTORS = 100_000  # exact flat search below: a 1,000-descriptor query costs ~0.3 s of one core there
+MAX_LISTS = 4096  # IVF lists: 4 sqrt(vectors), at most this (k-means training time grows with lists x sample)
+TRAIN_PER_LIST = 64  # training vectors per list (FAISS wants at least 39)
+RETRAIN_GROWTH = 8  # an IVF index is rebuilt (re-trained) when the vectors have grown this much since training
+PQ_BYTES = 32  # ivfpq: bytes per vector (vs 128 for the 8-bit scalar quantiser)
+ROOTSIFT_SCALE = 512.0  # RootSIFT components are <= ~0.5: x512 fills uint8 (HotSpotter's scaling)
+INDEX_FORMAT = 1
+
+
+# ============================================================================ stage-1 features
+def rootsift(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT -> RootSIFT (L1-normalise, square root) as uint8 (x ``ROOTSIFT_SCALE``, clipped)."""
+    desc = np.asarray(descriptors, np.float32)
+    desc = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
+    return np.clip(np.round(desc * ROOTSIFT_SCALE), 0, 255).astype(np.uint8)
+
+
+def empty_shortlist_features(image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> dict:
+    feats = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, DIM), np.uint8),
+             "image_size": np.asarray(image_size, np.int64)}
+    if error:
+        feats["error"] = error
+    return feats
+
+
+def extract_shortlist_features(
+    chips: Sequence[np.ndarray],
+    config: ConfigLike = None,
+    keys: Optional[Sequence[Any]] = None,
+    *,
+    on_error: OnError = "skip",
+) -> List[dict]:
+    """RootSIFT features of each chip (BGR uint8), in input order.
+
+    Returns dicts with ``keypoints`` [N x 2] float32 (x, y in the chip's pixels), ``descriptors`` [N x 128]
+    uint8 and ``image_size`` (width, height). An unusable chip gets empty features and an ``error`` entry
+    (``on_error='skip'``) or raises InvalidChipError (``'raise'``).
+    """
+    import cv2
+
+    check_on_error(on_error)
+    config = resolve_config(config)
+    keys = list(keys) if keys is not None else [None] * len(chips)
+    sift = cv2.SIFT_create(nfeatures=int(config["shortlist_features"]))
+    out = []
+    for chip, key in zip(chips, keys):
+        try:
+            rgb = prepare_chip(chip, key)
+        except InvalidChipError as exc:
+            if on_error == "raise":
+                raise
+            logger.warning("%s; it gets no stage-1 features", exc)
+            shape = getattr(chip, "shape", (0, 0))
+            out.append(empty_shortlist_features((shape[1], shape[0]) if len(shape) >= 2 else (0, 0), str(exc)))
+            continue
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        height, width = gray.shape
+        scale = min(1.0, config["shortlist_image_size"] / max(height, width))  # never upscale
+        if scale < 1:
+            gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                              interpolation=cv2.INTER_AREA)
+        kps, desc = sift.detectAndCompute(gray, None)
+        if desc is None or not kps:
+            out.append(empty_shortlist_features((width, height)))
+            continue
+        # SIFT may return a few more than nfeatures (ties); keep the strongest
+        order = np.argsort([-kp.response for kp in kps], kind="stable")[:int(config["shortlist_features"])]
+        xy = np.asarray([kps[i].pt for i in order], np.float32) / np.float32(scale)
+        out.append({"keypoints": xy, "descriptors": rootsift(desc[order]),
+                    "image_size": np.asarray((width, height), np.int64)})
+    return out
+
+
+# ============================================================================ the index
+@dataclass
+class ShortlistResult:
+    """Stage-1 scores of one query: ``scores[key]`` for every annotation in the index (0 = no vote)."""
+
+    scores: Dict[str, float]
+    votes: int  # query descriptors that voted
+
+    def ranked(self, keys: Sequence[str]) -> np.ndarray:
+        """The scores of ``keys`` in that order (0 for a key absent from the index)."""
+        return np.asarray([self.scores.get(k, 0.0) for k in keys], np.float64)
+
+
+class ShortlistIndex:
+    """A FAISS kNN index over the RootSIFT descriptors of a set of annotations, keyed by strings.
+
+    Raw uint8 descriptors and keypoints are kept per annotation (128 + 8 bytes a descriptor), so the
+    index can be rebuilt, re-trained and saved without re-extracting.
+    """
+
+    def __init__(self, config: ConfigLike = None, *, device: Any = None):
+        config = resolve_config(config)
+        self.kind_setting: str = config["shortlist_index"]
+        self.fingerprint: str = config.shortlist_fingerprint
+        self.nprobe = int(config["shortlist_nprobe"])
+        self.k = int(config["shortlist_knn"])
+        self.spatial = bool(config["shortlist_spatial"])
+        self.device = device
+        self._desc: Dict[str, np.ndarray] = {}
+        self._xy: Dict[str, np.ndarray] = {}
+        self._faiss: Any = None
+        self._kind = ""  # the built kind: flat, ivf or ivfpq
+        self._trained_on = 0
+        self._slots: List[str] = []  # slot -> key (slots of removed keys stay, pointing at nothing)
+        self._slot_of: Dict[str, int] = {}
+        self._owner = np.zeros(0, np.int64)  # FAISS id -> slot
+        self._vec_xy = np.zeros((0, 2), np.float32)  # FAISS id -> keypoint (x, y)
+        self._gpu: Any = None  # torch copy of the flat vectors on CUDA, built lazily
+
+    # ------------------------------------------------------------------ contents
+    def __len__(self) -> int:
+        return len(self._desc)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._desc
+
+    @property
+    def keys(self) -> List[str]:
+        return list(self._desc)
+
+    @property
+    def num_vectors(self) -> int:
+        return int(self._faiss.ntotal) if self._faiss is not None else 0
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def index_bytes(self) -> int:
+        """Bytes of the FAISS index itself (serialised size; raw descriptors kept beside it not counted)."""
+        import faiss
+
+        return 0 if self._faiss is None else int(faiss.serialize_index(self._faiss).nbytes)
+
+    def raw_bytes(self) -> int:
+        return sum(d.nbytes for d in self._desc.values()) + sum(x.nbytes for x in self._xy.values())
+
+    def _wanted_kind(self, vectors: int) -> str:
+        if self.kind_setting != "auto":
+            return self.kind_setting
+        return "flat" if vectors < AUTO_IVF_VECTORS else "ivf"
+
+    def add(self, keys: Sequence[str], features: Sequence[Mapping[str, Any]]) -> int:
+        """Add annotations (a key already present is replaced); returns the number added.
+
+        Appends to the FAISS index; rebuilds only when the index kind must change or an IVF index has
+        outgrown its training.
+        """
+        if len(keys) != len(features):
+            raise ValueError(f"{len(keys)} keys but {len(features)} feature sets")
+        replaced = [k for k in keys if k in self._desc]
+        if replaced:
+            self.remove(replaced)
+        new_keys, new_desc, new_xy = [], [], []
+        for key, feats in zip(keys, features):
+            desc = np.ascontiguousarray(feats["descriptors"], np.uint8)
+            if desc.ndim != 2 or desc.shape[1] != DIM:
+                raise ValueError(f"annotation {key!r}: stage-1 descriptors must be [N x {DIM}], got {desc.shape}")
+            self._desc[key] = desc
+            self._xy[key] = np.asarray(feats["keypoints"], np.float32).reshape(-1, 2)
+            new_keys.append(key)
+            new_desc.append(desc)
+            new_xy.append(self._xy[key])
+        total = self.num_vectors + sum(len(d) for d in new_desc)
+        kind = self._wanted_kind(total)
+        outgrown = kind != "flat" and total >= RETRAIN_GROWTH * max(1, self._trained_on)
+        if self._faiss is None or kind != self._kind or outgrown:
+            self._rebuild()
+        else:
+            self._append(new_keys, new_desc, new_xy)
+        return len(new_keys)
+
+    def remove(self, keys: Collection[str]) -> int:
+        """Drop annotations (unknown keys are ignored); returns the number removed."""
+        import faiss
+
+        gone = [k for k in keys if k in self._desc]
+        if not gone:
+            return 0
+        slots = np.asarray([self._slot_of.pop(k) for k in gone], np.int64)
+        for key in gone:
+            del self._desc[key], self._xy[key]
+        ids = np.flatnonzero(np.isin(self._owner, slots)).astype(np.int64)
+        if self._kind == "flat":
+            # IndexFlat renumbers on removal: keep the id -> slot arrays in step
+            keep = np.ones(len(self._owner), bool)
+            keep[ids] = False
+            self._faiss.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids)))
+            self._owner, self._vec_xy = self._owner[keep], self._vec_xy[keep]
+        elif len(ids):
+            self._faiss.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids)))  # IVF ids are stable
+            self._owner[ids] = -1
+        self._gpu = None
+        return len(gone)
+
+    def _append(self, keys: List[str], descs: List[np.ndarray], xys: List[np.ndarray]) -> None:
+        if not keys:
+            return
+        owner = []
+        for key, desc in zip(keys, descs):
+            self._slot_of[key] = len(self._slots)
+            self._slots.append(key)
+            owner.append(np.full(len(desc), self._slot_of[key], np.int64))
+        start = len(self._owner)
+        self._owner = np.concatenate([self._owner, *owner])
+        self._vec_xy = np.concatenate([self._vec_xy, *xys]).astype(np.float32)
+        # float32 in steps of ~64 MiB: one float copy of a large database would take 4x its raw size
+        step, pending, count = 1 << 17, [], 0
+        for pos, desc in enumerate(descs):
+            pending.append(desc)
+            count += len(desc)
+            if pending and (count >= step or pos == len(descs) - 1):
+                vectors = np.concatenate(pending).astype(np.float32)
+                if self._kind == "flat":
+                    self._faiss.add(vectors)
+                else:
+                    self._faiss.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+                start += len(vectors)
+                pending, count = [], 0
+        self._gpu = None
+
+    def _rebuild(self) -> None:
+        """Build the FAISS index from scratch from the kept raw descriptors (training IVF on them)."""
+        import faiss
+
+        keys = list(self._desc)
+        total = sum(len(self._desc[k]) for k in keys)
+        kind = self._wanted_kind(total)
+        if kind == "flat":
+            index = faiss.IndexFlatL2(DIM)
+        else:
+            nlist = int(max(1, min(MAX_LISTS, 2 ** round(np.log2(max(1.0, 4 * np.sqrt(total)))))))
+            nlist = max(1, min(nlist, total // 39)) if total >= 39 else 1  # FAISS wants >= 39 points per list
+            quantizer = faiss.IndexFlatL2(DIM)
+            if kind == "ivf":
+                index = faiss.IndexIVFScalarQuantizer(quantizer, DIM, nlist, faiss.ScalarQuantizer.QT_8bit)
+            else:
+                index = faiss.IndexIVFPQ(quantizer, DIM, nlist, PQ_BYTES, 8)
+            raw = np.concatenate([self._desc[k] for k in keys]) if keys else np.zeros((0, DIM), np.uint8)
+            if len(raw) < max(nlist, 256 if kind == "ivfpq" else 1):
+                raise ConfigError(f"shortlist_index {kind!r} needs more vectors to train ({len(raw)} present)")
+            rng = np.random.default_rng(0)  # deterministic training: the same vectors give the same index
+            limit = TRAIN_PER_LIST * nlist if kind == "ivf" else max(TRAIN_PER_LIST * nlist, 65536)
+            if len(raw) > limit:
+                raw = raw[np.sort(rng.choice(len(raw), limit, replace=False))]
+            sample = raw.astype(np.float32)  # sampled first: float32 copies of every vector would be 4x the raw
+            index.quantizer_trains_alone = 0
+            index.train(sample)
+            index.nprobe = min(self.nprobe, nlist)
+            self._trained_on = total
+            logger.info("stage-1 index: %s, %d lists, trained on %d vectors", kind, nlist, len(sample))
+        self._faiss, self._kind = index, kind
+        self._slots, self._slot_of = [], {}
+        self._owner, self._vec_xy = np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
+        self._append(keys, [self._desc[k] for k in keys], [self._xy[k] for k in keys])
+
+    # ------------------------------------------------------------------ search
+    def knn(self, vectors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(distances, FAISS ids) of the k nearest database vectors of each row; id -1 = none.
+
+        Distances are L2 (not squared). Exact on a flat index; on CUDA the flat search runs in torch.
+        """
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if self._faiss is None or self.num_vectors == 0 or len(vectors) == 0:
+            return np.zeros((len(vectors), k), np.float32), np.full((len(vectors), k), -1, np.int64)
+        if self._kind == "flat" and self._use_torch():
+            return self._torch_knn(vectors, k)
+        dist, ids = self._faiss.search(vectors, k)
+        return np.sqrt(np.maximum(dist, 0)), ids
+
+    def _use_torch(self) -> bool:
+        if self.device is None:
+            return False
+        return str(self.device).startswith("cuda") or str(self.device) == "torch-cpu"
+
+    def _torch_knn(self, vectors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        device = torch.device("cpu" if str(self.device) == "torch-cpu" else str(self.device))
+        if self._gpu is None:
+            flat = self._faiss.reconstruct_n(0, self.num_vectors)
+            base = torch.from_numpy(flat).to(device)
+            self._gpu = (base, (base * base).sum(1))
+        base, norms = self._gpu
+        query = torch.from_numpy(vectors).to(device)
+        k_eff = min(k, base.shape[0])
+        dists: List[np.ndarray] = []
+        ids: List[np.ndarray] = []
+        for start in range(0, len(query), 4096):
+            q = query[start:start + 4096]
+            d2 = (q * q).sum(1, keepdim=True) - 2 * q @ base.T + norms[None]
+            top_val, top_idx = torch.topk(d2, k_eff, dim=1, largest=False, sorted=True)
+            dists.append(top_val.clamp_min(0).sqrt().cpu().numpy())
+            ids.append(top_idx.cpu().numpy().astype(np.int64))
+        dist, idx = np.concatenate(dists), np.concatenate(ids)
+        if k_eff < k:
+            dist = np.pad(dist, ((0, 0), (0, k - k_eff)))
+            idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        return dist, idx
+
+    def search(self, features: Mapping[str, Any], exclude: Collection[str] = (),
+               spatial_top: int = 50) -> ShortlistResult:
+        """LNBNN scores of every indexed annotation for the query ``features`` (see the module docstring).
+
+        ``exclude``: keys never voted for (e.g. the query itself when it is in the database); their
+        neighbours are skipped, and more neighbours are fetched so the K + 1 are still filled.
+        """
+        desc = np.asarray(features["descriptors"], np.uint8)
+        scores = {key: 0.0 for key in self._desc}
+        if len(desc) == 0 or self.num_vectors == 0:
+            return ShortlistResult(scores, 0)
+        excluded = {self._slot_of[k] for k in exclude if k in self._slot_of}
+        fetch = self.k + 1 + (self.k + 1 if excluded else 0)
+        dist, ids = self.knn(desc.astype(np.float32), fetch)
+        slots = np.where(ids >= 0, self._owner[np.maximum(ids, 0)], -1)
+        valid = slots >= 0
+        if excluded:
+            valid &= ~np.isin(slots, list(excluded))
+        # the first K + 1 valid neighbours of each row, in distance order
+        rank = np.cumsum(valid, axis=1) - 1
+        keep = valid & (rank <= self.k)
+        count = keep.sum(axis=1)
+        norm_col = np.where(keep & (rank == count[:, None] - 1), dist, 0).max(axis=1)  # last kept = normaliser
+        voting = keep & (rank < count[:, None] - 1)
+        rows, cols = np.nonzero(voting)
+        weights = (norm_col[rows] - dist[rows, cols]).astype(np.float64)
+        vslots = slots[rows, cols]
+        vids = ids[rows, cols]
+        # one vote per (query descriptor, annotation): the strongest
+        order = np.lexsort((-weights, vslots, rows))
+        rows, vslots, weights, vids = rows[order], vslots[order], weights[order], vids[order]
+        first = np.ones(len(rows), bool)
+        first[1:] = (rows[1:] != rows[:-1]) | (vslots[1:] != vslots[:-1])
+        rows, vslots, weights, vids = rows[first], vslots[first], weights[first], vids[first]
+        totals = np.bincount(vslots, weights=weights, minlength=len(self._slots))
+        for slot in np.flatnonzero(totals):
+            scores[self._slots[slot]] = float(totals[slot])
+        if self.spatial:
+            self._verify(scores, features, rows, vslots, weights, vids, spatial_top)
+        return ShortlistResult(scores, int(voting.any(axis=1).sum()))
+
+    def _verify(self, scores: Dict[str, float], features: Mapping[str, Any], rows: np.ndarray,
+                vslots: np.ndarray, weights: np.ndarray, vids: np.ndarray, top: int) -> None:
+        """Spatial check of the ``top`` candidates: only votes consistent with one RANSAC similarity
+        transform (query keypoint -> database keypoint) count. The others keep their order below them."""
+        import cv2
+
+        qxy = np.asarray(features["keypoints"], np.float32)
+        size = float(max(np.asarray(features["image_size"]).max(), 1))
+        ranked = sorted(scores, key=lambda k: -scores[k])
+        checked, rest = ranked[:top], ranked[top:]
+        verified = {}
+        for key in checked:
+            mask = vslots == self._slot_of[key]
+            if mask.sum() < 3:
+                verified[key] = 0.0
+                continue
+            src, dst = qxy[rows[mask]], self._vec_xy[vids[mask]]
+            _, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                                     ransacReprojThreshold=0.05 * size, maxIters=500,
+                                                     confidence=0.99, refineIters=0)
+            verified[key] = float(weights[mask][inliers.ravel().astype(bool)].sum()) if inliers is not None else 0.0
+        floor = min(verified.values()) if verified else 0.0
+        peak = max((scores[k] for k in rest), default=0.0)
+        for key in rest:  # below every verified candidate, in their raw order
+            scores[key] = floor * 0.999 * scores[key] / peak if peak > 0 else 0.0
+        scores.update(verified)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the index (FAISS index, raw descriptors, keys) to one ``.npz`` file, atomically."""
+        import faiss
+
+        from ..data.files import atomic_write
+
+        keys = list(self._desc)
+        counts = np.asarray([len(self._desc[k]) for k in keys], np.int64)
+        arrays = {
+            "format": np.asarray(INDEX_FORMAT), "fingerprint": np.asarray(self.fingerprint),
+            "keys": np.asarray(keys, dtype=object).astype(str) if keys else np.zeros(0, "<U1"),
+            "counts": counts,
+            "descriptors": np.concatenate([self._desc[k] for k in keys]) if keys else np.zeros((0, DIM), np.uint8),
+            "keypoints": np.concatenate([self._xy[k] for k in keys]) if keys else np.zeros((0, 2), np.float32),
+            "slots": np.asarray(self._slots, dtype=str) if self._slots else np.zeros(0, "<U1"),
+            "owner": self._owner, "vec_xy": self._vec_xy, "kind": np.asarray(self._kind),
+            "trained_on": np.asarray(self._trained_on),
+            "faiss": faiss.serialize_index(self._faiss) if self._faiss is not None else np.zeros(0, np.uint8),
+        }
+        return atomic_write(Path(path), lambda out: np.savez(out, **arrays))
+
+    @classmethod
+    def load(cls, path: Union[str, Path], config: ConfigLike = None, *, device: Any = None) -> "ShortlistIndex":
+        """Read a saved index; ValueError when it was built under another stage-1 config or is unreadable."""
+        import faiss
+
+        config = resolve_config(config)
+        index = cls(config, device=device)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if int(data["format"]) != INDEX_FORMAT or str(data["fingerprint"]) != index.fingerprint:
+                    raise ValueError(f"stage-1 index {path} was built with another config "
+                                     f"(fingerprint {data['fingerprint']}, expected {index.fingerprint})")
+                keys = [str(k) for k in data["keys"]]
+                bounds = np.concatenate([[0], np.cumsum(data["counts"])])
+                desc, xy = data["descriptors"], data["keypoints"]
+                for i, key in enumerate(keys):
+                    index._desc[key] = desc[bounds[i]:bounds[i + 1]]
+                    index._xy[key] = xy[bounds[i]:bounds[i + 1]]
+                index._slots = [str(s) for s in data["slots"]]
+                index._owner, index._vec_xy = data["owner"], data["vec_xy"]
+                index._kind, index._trained_on = str(data["kind"]), int(data["trained_on"])
+                blob = data["faiss"]
+                index._faiss = faiss.deserialize_index(blob) if blob.size else None
+        except (OSError, KeyError, EOFError) as exc:
+            raise ValueError(f"stage-1 index {path} is unreadable: {exc}") from exc
+        index._slot_of = {k: i for i, k in enumerate(index._slots) if k in index._desc}
+        if index._faiss is not None and index._kind != "flat":
+            index._faiss.nprobe = min(index.nprobe, index._faiss.nlist)
+        return index
+
+    def sync(self, keys: Sequence[str], features_of: Any) -> Tuple[int, int]:
+        """Make the index hold exactly ``keys``: remove the others, add the missing ones.
+
+        ``features_of(missing_keys)`` returns their stage-1 features. Returns (added, removed).
+        """
+        wanted = set(keys)
+        removed = self.remove([k for k in self._desc if k not in wanted])
+        missing = [k for k in dict.fromkeys(keys) if k not in self._desc]
+        added = self.add(missing, features_of(missing)) if missing else 0
+        if self._faiss is None:
+            self._rebuild()
+        return added, removed
+
+
+def stage1_device(config: Config, device: Any = None) -> Optional[str]:
+    """Where the exact stage-1 search runs: 'cuda...' (torch / faiss-gpu) or None (FAISS on CPU)."""
+    from .models import resolve_device
+
+    resolved = resolve_device(config, device)
+    return str(resolved) if resolved.type == "cuda" else None
+
+
+def build_index(keys: Sequence[str], features: Sequence[Mapping[str, Any]], config: ConfigLike = None, *,
+                device: Any = None) -> ShortlistIndex:
+    """A new index of ``keys`` (a convenience for one-shot use)."""
+    index = ShortlistIndex(config, device=device)
+    index.add(list(keys), list(features))
+    if index._faiss is None:
+        index._rebuild()
+    return index
