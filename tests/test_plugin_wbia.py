@@ -419,11 +419,21 @@ def test_image_unreadable_for_a_moment_is_retried_by_the_next_request(db, tmp_pa
     ibs = db["ibs"]
     config = core.load_config()
     aid = _new_annot(db, tmp_path, 300)
+    twin_chip = textured_chip(300)
+    twin_chip[0, 0] = 255 - twin_chip[0, 0]  # another file (WBIA keys images by content), the same animal
+    twin_gid = ibs.add_images([_write(tmp_path / "twin.png", twin_chip)])[0]
+    w, h = ibs.get_image_sizes([twin_gid])[0]
+    twin = ibs.add_annots([twin_gid], bbox_list=[(0, 0, w, h)], species_list=[SPECIES])[0]
+    pairs = ibs.depc_annot["LightGlue"]
     stored = Path(ibs.get_image_paths([ibs.get_annot_gids(aid)])[0])
     away = stored.with_name(stored.name + ".away")
     stored.rename(away)
     try:
         feats = ibs.lightglue_features([aid])[0]
+        rows = len(pairs._get_all_rowids())
+        cm = ibs.depc_annot.new_request("LightGlue", [twin], [aid], {}).execute()[0]
+        assert cm.annot_score_list.tolist() == [0.0]
+        assert len(pairs._get_all_rowids()) == rows  # the 0 of that moment is not stored either
     finally:
         away.rename(stored)
     assert len(feats["keypoints"]) == 0 and "missing or unreadable" in feats["error"] and str(stored) in feats["error"]
@@ -433,6 +443,8 @@ def test_image_unreadable_for_a_moment_is_retried_by_the_next_request(db, tmp_pa
     again = ibs.lightglue_features([aid])[0]  # the image is back: computed and stored now
     assert len(again["keypoints"]) > 50 and "error" not in again
     assert _stored_rowid(ibs, aid, config) is not None
+    cm = ibs.depc_annot.new_request("LightGlue", [twin], [aid], {}).execute()[0]
+    assert cm.annot_score_list[0] > 50 and len(pairs._get_all_rowids()) == rows + 1
 
 
 def test_empty_rows_stored_by_older_versions_are_computed_again(db, tmp_path, monkeypatch):

@@ -275,9 +275,11 @@ def compute_lightglue_features(depc, aid_list: Sequence[int], config=None) -> It
 
 
 # ============================================================================ scores
-def _scores_one_to_many(ibs, qaid: int, daids: Sequence[int], config: core.Config) -> List[float]:
+def _scores_one_to_many(ibs, qaid: int, daids: Sequence[int], config: core.Config) -> List[Optional[float]]:
     """One batched LightGlue call: the query against every database annotation.
 
+    None where a side has no usable features right now (its chip failed, or changed while it was
+    computed): that pair scores 0 for this request and is not stored, so a later request scores it again.
     The correspondences are kept in the process's match cache, so review images of these pairs (drawn
     by the same job) need no second LightGlue run.
     """
@@ -286,11 +288,12 @@ def _scores_one_to_many(ibs, qaid: int, daids: Sequence[int], config: core.Confi
     keys, feats = _features_with_keys(ibs, [qaid, *daids], config)
     results = core.match_pairs(feats[0], feats[1:], config, return_matches=True)
     scores = [core.pair_score(result, feats[0], db, config) for result, db in zip(results, feats[1:])]
+    usable = [core.cacheable(feats[0]) and core.cacheable(db) for db in feats[1:]]
     cache = core.get_match_cache()
     for k in np.argsort(scores, kind="stable"):  # best last: the most recently used survive eviction
-        if core.cacheable(feats[0]) and core.cacheable(feats[1 + k]):
+        if usable[k]:
             cache.put(_match_key(keys[0], keys[1 + k], config), results[k])
-    return scores
+    return [score if ok else None for score, ok in zip(scores, usable)]
 
 
 def _match_key(query_key: Any, database_key: Any, config: core.Config) -> Tuple[Any, Any, str]:
@@ -320,19 +323,23 @@ def lightglue_match_scores(ibs, qaid: int, daid_list: Sequence[int], config_path
     """
     config = core.load_config(config_path)
     daids = list(daid_list)
+    return [0.0 if score is None else score for score in _scores_by_daid(ibs, qaid, daids, config)]
+
+
+def _scores_by_daid(ibs, qaid: int, daids: List[int], config: core.Config) -> List[Optional[float]]:
     others = list(dict.fromkeys(d for d in daids if d != qaid))
     by_daid = dict(zip(others, _scores_one_to_many(ibs, qaid, others, config)))
     return [by_daid.get(d, 0.0) for d in daids]
 
 
-def _pair_scores(ibs, qaids: Sequence[int], daids: Sequence[int], config: core.Config) -> List[float]:
-    """Scores of the pairs (qaids[k], daids[k]): one batched call per distinct query."""
+def _pair_scores(ibs, qaids: Sequence[int], daids: Sequence[int], config: core.Config) -> List[Optional[float]]:
+    """Scores of the pairs (qaids[k], daids[k]): one batched call per distinct query (None: not storable)."""
     positions: Dict[int, List[int]] = {}
     for k, qaid in enumerate(qaids):
         positions.setdefault(qaid, []).append(k)
-    scores = [0.0] * len(qaids)
+    scores: List[Optional[float]] = [0.0] * len(qaids)
     for qaid, ks in positions.items():
-        row = lightglue_match_scores(ibs, qaid, [daids[k] for k in ks], config)
+        row = _scores_by_daid(ibs, qaid, [daids[k] for k in ks], config)
         for k, score in zip(ks, row):
             scores[k] = score
     return scores
@@ -485,7 +492,8 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         for (qaid, daid), row in zip(parent_rowids, result_list):
             daids, scores = grouped.setdefault(qaid, ([], []))
             daids.append(daid)
-            scores.append(row[0] if isinstance(row, (tuple, list)) else row)
+            score = row[0] if isinstance(row, (tuple, list)) else row
+            scores.append(0.0 if score is None else score)  # None: not stored (a chip failed), scores 0 now
         name_score = request.config["name_score"]
         return [_annot_match(ibs, qaid, daids, scores, name_score) for qaid, (daids, scores) in grouped.items()]
 
@@ -546,7 +554,8 @@ def compute_lightglue_scores(depc, qaid_list: Sequence[int], daid_list: Sequence
     config = config or {}
     lightglue_config = core.load_config(config["config_path"] if "config_path" in config else None)
     for score in _pair_scores(depc.controller, list(qaid_list), list(daid_list), lightglue_config):
-        yield (float(score),)
+        # None: an annotation's chip failed just now; a stored 0 would stay until its bbox changes
+        yield None if score is None else (float(score),)
 
 
 # ============================================================================ stage 1 (two-stage mode)
