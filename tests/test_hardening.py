@@ -124,7 +124,8 @@ def test_bad_config_files_are_one_line_errors_naming_the_key(tmp_path, capsys, t
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
-    assert "\n" not in message and len(message) < 600 and str(path) in message
+    # one line, the huge key cut short (the list of valid keys alone is ~600 characters since two-stage's keys)
+    assert "\n" not in message and len(message) < 1000 and str(path) in message
     for needle in needles:
         assert needle in message, (needle, message)
     code, _, err = run_cli(capsys, "extract", tmp_path, "--config", path)

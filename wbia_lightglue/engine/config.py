@@ -255,7 +255,7 @@ def validate(values: Mapping[str, Any], source: Optional[str] = None) -> None:
     for key, value in values.items():
         spec = SPECS.get(key)
         if spec is None:
-            valid = f"valid keys: {', '.join(SPECS)}"
+            valid = _valid_keys(str(key))
             raise ConfigError(f"{where}: unknown key {_short(key)} (value {_short(value)}); {valid}",
                               public=f"{where}: unknown key {_short(key, 40)}; {valid}")
         if not spec.type_ok(value):
@@ -265,6 +265,15 @@ def validate(values: Mapping[str, Any], source: Optional[str] = None) -> None:
         if not spec.allowed(value):
             raise ConfigError(f"{where}: key {key!r} has value {_short(value)}; expected {spec.allowed_text}",
                               public=f"{where}: key {key!r} has a value outside {spec.allowed_text}")
+
+
+def _valid_keys(key: str) -> str:
+    """The valid keys for an unknown-key message: the closest ones first, then every key (one line)."""
+    import difflib
+
+    closest = difflib.get_close_matches(key[:100], SPECS, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(map(repr, closest))}? " if closest else ""
+    return f"{hint}valid keys: {', '.join(sorted(SPECS))}"
 
 
 def _short(value: Any, limit: int = 60) -> str:
