@@ -710,7 +710,7 @@ def test_api_hostile_input_gets_short_4xx_answers(db, config_dir, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError(f"{config_dir}/internal/state is broken")
 
-    monkeypatch.setattr(core, "match_scores", boom)
+    monkeypatch.setattr(core, "match_pairs", boom)  # the plugin matches with match_pairs (it keeps the matches)
     code, body = score(duuids[:1])
     assert code == 500 and body["status"]["message"] == (
         "lightglue_api_match_scores failed (RuntimeError); the server log has the details")
@@ -868,8 +868,8 @@ def test_two_stage_query_chips_shortlists_stores_raw_scores_and_fuses(db, config
     path.write_text(json.dumps({**SMALL, "shortlist_k": 2, "shortlist_image_size": 400}))
     config = core.load_config(path)
     calls = []
-    original = core.match_scores
-    monkeypatch.setattr(core, "match_scores",
+    original = core.match_pairs  # the plugin matches with match_pairs (it keeps the matches for review images)
+    monkeypatch.setattr(core, "match_pairs",
                         lambda q, d, *a, **kw: calls.append(len(d)) or original(q, d, *a, **kw))
     qaids = [made[0], made[3]]
     cms = ibs.query_chips(qaids, made, cfgdict={"pipeline_root": "LightGlue", "config_path": str(path)})
