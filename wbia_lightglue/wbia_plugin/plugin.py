@@ -65,7 +65,7 @@ def _annot_chips(ibs, aids: Sequence[int]) -> List[Optional[np.ndarray]]:
     each annotation is retried alone to isolate the bad ones.
     """
     try:
-        chips = list(ibs.get_annot_chips(list(aids)))
+        chips = _chips(ibs, list(aids))
     except Exception as exc:  # noqa: BLE001 - any image error; isolated below
         logger.info("chip batch failed (%s); computing the %d chips one by one", exc, len(aids))
         chips = [_one_chip(ibs, aid) for aid in aids]
@@ -76,9 +76,16 @@ def _annot_chips(ibs, aids: Sequence[int]) -> List[Optional[np.ndarray]]:
     return chips
 
 
+def _chips(ibs, aids: List[int]) -> List[np.ndarray]:
+    # ibs.get_annot_chips without depc.get's own retries (three tries, 1-3 s apart, per call): a failed
+    # chip is never stored here and the next request reads the image again, so waiting buys nothing and
+    # cost a failing query job ~8 s per attempt (WBIA runs a failing job six times).
+    return list(ibs.depc_annot.get("chips", aids, "img", num_retries=1))
+
+
 def _one_chip(ibs, aid: int) -> Optional[np.ndarray]:
     try:
-        return ibs.get_annot_chips([aid])[0]
+        return _chips(ibs, [aid])[0]
     except Exception as exc:  # noqa: BLE001 - a corrupt or missing file raises many kinds of error
         logger.warning("annotation %d: its chip cannot be computed from image %s (%s: %s); it scores 0",
                        aid, _image_path(ibs, aid), type(exc).__name__, exc)
