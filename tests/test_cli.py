@@ -326,7 +326,7 @@ def test_demo_runs_end_to_end(demo_run):
     assert report["num_answerable"] == 18 and report["cmc"]["1"] >= 0.8
     pictures = list((folder / "matches").glob("*.png"))
     assert len(pictures) == 3 and all(cv2.imread(str(p)) is not None for p in pictures)
-    assert f"report: {folder / 'report.html'} (18 photos with their top 3 candidates" in out  # test_report.py
+    assert f"report: {folder / 'report.html'} (6 of 18 photos drawn with their top 3 candidates" in out
 
 
 # ----------------------------------------------------------------------------- two-stage mode

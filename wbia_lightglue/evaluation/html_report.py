@@ -46,10 +46,10 @@ THUMB_PX = 160  # long edge of a candidate's photo
 QUERY_PX = 240  # long edge of the query's photo
 PICTURE_PX = 200  # height of each photo in a match picture (side by side)
 PREVIEW_PX = 2 * PICTURE_PX  # photos are downsized to this long edge once, before any drawing
-JPEG_QUALITY = 80
+JPEG_QUALITY = 75
 PHOTO_CACHE = 64  # decoded, downsized photos kept while a page is built (a candidate recurs across queries)
 DEFAULT_TOP = 3  # candidates per query on an evaluation page
-DEFAULT_MAX_QUERIES = 100  # query sections drawn on an evaluation page
+DEFAULT_MAX_QUERIES = 50  # query sections drawn on an evaluation page (~0.2 MB each with 3 real-photo candidates)
 
 
 @dataclass
@@ -190,7 +190,7 @@ def evaluation_report(
     if left_out:
         controls += (f'; <strong id="left-out">{left_out} left out</strong>'
                      f'{f" ({errors_left_out} of them errors)" if errors_left_out else ""}: '
-                     "raise the cap (evaluate --report-queries) to draw them; all are listed in the last table")
+                     "all are listed in the last table (evaluate --report-queries raises the cap)")
     controls += "</span></div>"
     overview = (f'<div class="overview">{_evaluation_summary(scored, report, config, calibration)}'
                 f'{_cmc_block(cmc_png)}</div>')
@@ -462,8 +462,8 @@ def _write(path: Union[str, Path], heading: str, body: Sequence[str], drawer: _D
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_esc(heading)} - wbia-lightglue</title><style>{CSS}</style></head>\n"
             f'<body><header><h1>{_esc(heading)}</h1><p class="sub">wbia-lightglue {_esc(__version__)} &middot; '
-            f"{stamp} &middot; built in {seconds:.1f} s</p></header>\n" + "\n".join(part for part in body if part)
-            + f"\n<script>{SCRIPT}</script></body></html>\n")
+            f"{stamp}</p></header>\n" + "\n".join(part for part in body if part)
+            + f'\n<footer class="sub">page built in {seconds:.1f} s</footer><script>{SCRIPT}</script></body></html>\n')
     path = atomic_write_text(path, page)
     summary = ReportSummary(Path(path), num_queries, shown, num_queries - shown, drawer.pictures,
                             len(page.encode()), seconds, drawer.problems)
