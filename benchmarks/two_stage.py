@@ -6,8 +6,8 @@ order are split by parity: part A (1st, 3rd, ...) chooses settings (stage-1 vari
 part B (2nd, 4th, ...; held-out individuals) is where every figure is reported. Photos are compared within a
 flank only (protocol groups = side), 1-vs-all, ranking by individual (name score max, ties pessimistic).
 
-* stage 1 = ``engine.shortlist`` (RootSIFT on the full-resolution photo, long edge <= shortlist_image_size,
-  FAISS, LNBNN; ``+spatial``: RANSAC similarity check), one index per flank, leave-one-out
+* stage 1 = ``engine.shortlist`` (Hessian-affine or DoG SIFT on the photo downsized to a long edge <=
+  shortlist_image_size, FAISS, LNBNN; ``+spatial``: RANSAC similarity check), one index per flank, leave-one-out
   (``evaluation.datasets.stage1_matrix``, the code ``wbia-lightglue evaluate`` runs);
 * part A chooses the stage-1 variant by shortlist recall at ``CHOOSE_K`` and fits the ``logistic`` fusion on
   the LightGlue scores of its top-``FIT_K`` pairs;
@@ -24,7 +24,7 @@ search is measured on the 130 full-resolution photos.
 
 Timing (``--timing-only`` runs only this part): per-query stage 1 (search) and stage 2 (k LightGlue pairs at
 1024 keypoints) at 1-vs-1,000 / 1-vs-10,000, exhaustive LightGlue measured on ``--exhaustive-pairs`` pairs and
-extrapolated; stage-1 query time and index memory at ``--scale`` annotations, built from REAL RootSIFT
+extrapolated; stage-1 query time and index memory at ``--scale`` annotations, built from REAL stage-1
 descriptors replicated with small uniform noise (+-2 of 255) - that measures cost, not accuracy; the
 recall PQ costs on the real photos. Wall and process CPU seconds and /proc/loadavg are printed: figures
 taken while the machine is loaded are inflated.
@@ -120,6 +120,23 @@ def select(labels: Path = FULLRES, per_flank: int = 2) -> Tuple[List[Annotation]
     return parts
 
 
+def paired_bootstrap(new: EvaluationReport, old: EvaluationReport, rounds: int = 10_000) -> dict:
+    """95% intervals of the Rank-1 and mAP gain of ``new`` over ``old``, resampling the same queries."""
+    pairs = [(a.rank, b.rank, a.average_precision, b.average_precision)
+             for a, b in zip(new.queries, old.queries) if a.rank is not None and b.rank is not None]
+    arr = np.asarray(pairs, np.float64)
+    hit = (arr[:, 0] == 1).astype(float) - (arr[:, 1] == 1).astype(float)
+    ap = arr[:, 2] - arr[:, 3]
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(arr), (rounds, len(arr)))
+    out = {"queries": len(arr), "rank1_gain": float(hit.mean()), "map_gain": float(ap.mean()),
+           "rank1_wins_losses": [int((hit > 0).sum()), int((hit < 0).sum())]}
+    for name, values in (("rank1_gain_95", hit), ("map_gain_95", ap)):
+        means = values[idx].mean(axis=1)
+        out[name] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    return out
+
+
 def recall_at(stage1: np.ndarray, labels: Sequence[Any], k: int) -> float:
     """Fraction of answerable queries whose top-k stage-1 annotations hold one of their individual."""
     hits = []
@@ -169,9 +186,23 @@ class PairCache:
 # ============================================================================ accuracy
 def part_inputs(annots: List[Annotation], store: FeatureStore, config: Config):
     al = annotation_features(annots, store, config, progress=True)
-    s1 = annotation_features(al.annotations, store, config, progress=True, kind="rootsift")
+    s1 = annotation_features(al.annotations, store, config, progress=True, kind="stage1")
     assert s1.keys == al.keys, "an annotation failed one extractor but not the other"
     return al.annotations, al.features, s1.features
+
+
+def stage1_variants(base: Config) -> Dict[str, Config]:
+    """The stage-1 candidates part A chooses from (the chosen one is the shipped default)."""
+    hesaff, sift = base.replace(shortlist_detector="hesaff"), base.replace(shortlist_detector="sift")
+    return {
+        "hesaff 700 px +spatial": hesaff.replace(shortlist_image_size=700),
+        "hesaff 700 px": hesaff.replace(shortlist_image_size=700, shortlist_spatial=False),
+        "hesaff 500 px +spatial": hesaff.replace(shortlist_image_size=500),
+        "hesaff 1000 px +spatial": hesaff.replace(shortlist_image_size=1000),
+        "sift 700 px 3000 +spatial": sift.replace(shortlist_image_size=700, shortlist_features=3000),
+        "sift 1600 px 1000": sift.replace(shortlist_image_size=1600, shortlist_features=1000,
+                                          shortlist_spatial=False),
+    }
 
 
 def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max_k: Optional[int] = None) -> dict:
@@ -180,20 +211,21 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
     faiss.omp_set_num_threads(1)  # accuracy only: OpenMP spinning on a shared, loaded CPU cost 2.5x wall time
     store = FeatureStore(output / "store")
     base = load_config(None, max_num_keypoints=keypoints, device="cpu")
-    variants = {"rootsift": base, "rootsift+spatial": base.replace(shortlist_spatial=True)}
+    variants = stage1_variants(base)
     part_a, part_b = select(FULLRES, per_flank)
     out: Dict[str, Any] = {"machine": machine(), "keypoints": keypoints, "per_flank": per_flank,
                            "part_a_photos": len(part_a), "part_b_photos": len(part_b)}
     parts = {}
     for name, annots in (("A", part_a), ("B", part_b)):
-        annots, feats, s1_feats = part_inputs(annots, store, base)
+        annots, feats, _ = part_inputs(annots, store, base)
         groups = [a.attributes["side"] for a in annots]
         stage1 = {}
         for variant, cfg in variants.items():
-            path = output / f"stage1_{name}_{variant}.npz"
+            path = output / f"stage1_{name}_{cfg.shortlist_fingerprint}_{cfg['shortlist_spatial']}.npz"
             if path.is_file():
                 stage1[variant] = np.load(path)["scores"]
                 continue
+            s1_feats = annotation_features(annots, store, cfg, progress=True, kind="stage1").features
             with Timer() as t:
                 stage1[variant] = stage1_matrix(s1_feats, cfg, groups)
             np.savez(path, scores=stage1[variant])
@@ -216,8 +248,20 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
     lab = np.asarray(labels)
     same = (lab[:, None] == lab[None, :])[mask]
     weights = fit_logistic(lg_a[mask], stage1[chosen][mask], same)
+    # ... and shortlist_k: the smallest k whose Rank-1 (fixed fusion sum_log1p) on part A is within one query
+    # of the best k's (LightGlue cost grows with k; one query is below what part A can resolve)
+    a_rows = {}
+    for k in KS:
+        fused, _ = two_stage_matrix(stage1[chosen], feats, variants[chosen].replace(shortlist_k=k),
+                                    pair_scores=cache, progress=False)
+        rep = report(fused, annots)
+        a_rows[k] = {"rank1": rep.rank1, "rank5": rep.cmc[5], "mAP": rep.mean_average_precision,
+                     "recall": recall_at(stage1[chosen], labels, k)}
+    best = max(r["rank1"] for r in a_rows.values())
+    chosen_k = min(k for k in KS if a_rows[k]["rank1"] >= best - 1.0 / len(annots) - 1e-9)
     out.update(part_a_choice=choice, chosen_stage1=chosen, logistic_weights=weights,
-               part_a_pairs_fitted=int(mask.sum()), part_a_lightglue_pairs=len(cache.scores))
+               part_a_pairs_fitted=int(mask.sum()), part_a_k=a_rows, chosen_k=chosen_k,
+               part_a_lightglue_pairs=len(cache.scores))
     logger.info("part A: chose %s (%s); logistic weights %s", chosen, choice, weights)
 
     # ---- part B: everything reported
@@ -238,11 +282,11 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
 
     if exhaustive is not None:
         row("LightGlue exhaustive", exhaustive)
-    sources: Dict[str, np.ndarray] = {v: stage1[v] for v in variants}
-    if max_k is not None:  # only the chosen stage 1 has its pairs matched
-        sources = {chosen: stage1[chosen]}
-        if hotspotter:
-            row("stage 1 alone: hotspotter", hotspotter_matrix(output, annots, "B"))
+    for variant in variants:  # every candidate alone (part A chose among them); fused: the chosen one
+        if variant != chosen:
+            row(f"stage 1 alone: {variant} (recall at {CHOOSE_K})", stage1[variant],
+                recall_at(stage1[variant], labels, CHOOSE_K))
+    sources: Dict[str, np.ndarray] = {chosen: stage1[chosen]}
     if hotspotter:
         sources["hotspotter"] = hotspotter_matrix(output, annots, "B")
     for source, s1 in sources.items():
@@ -265,17 +309,24 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
             rows.setdefault(f"shortlist recall of {source} at {k}", {"rank1": float("nan"), "rank5": float("nan"),
                                                                      "mAP": float("nan"),
                                                                      "recall": recall_at(s1, labels, k)})
+    if exhaustive is not None:  # is the gain of the chosen two-stage setting more than query sampling?
+        fused, _ = two_stage_matrix(stage1[chosen], feats, variants[chosen].replace(shortlist_k=chosen_k),
+                                    pair_scores=cache, progress=False)
+        out["bootstrap_vs_exhaustive"] = paired_bootstrap(report(fused, annots), report(exhaustive, annots))
+        if hotspotter:
+            out["bootstrap_vs_hotspotter"] = paired_bootstrap(report(fused, annots),
+                                                              report(sources["hotspotter"], annots))
     out["part_b"] = rows
     out["part_b_max_k"] = max_k
     out["part_b_lightglue_pairs"] = len(cache.scores)
     return out
 
 
-def hotspotter_matrix(output: Path, annots: List[Annotation], part: str) -> np.ndarray:
+def hotspotter_matrix(output: Path, annots: List[Annotation], part: str, use_cache: bool = True) -> np.ndarray:
     """WBIA HotSpotter annotation scores (default pipeline), per flank, cached; absent/-inf -> 0."""
     path = output / f"hotspotter_{part}.npz"
     names = np.array([str(a.path) for a in annots])
-    if path.is_file():
+    if use_cache and path.is_file():
         with np.load(path) as data:
             if np.array_equal(data["paths"], names):
                 return data["scores"]
@@ -313,12 +364,11 @@ def recall_large(output: Path, base: Config) -> dict:
     """Stage-1 shortlist recall at k over all 1,205 nyala photos (640 px), per flank."""
     rows = read_rows(NYALA)
     annots = [Annotation(NYALA.parent / r["path"], r["individual"], None, {"side": r["side"]}) for r in rows]
-    stored = annotation_features(annots, FeatureStore(output / "store"), base, progress=True, kind="rootsift")
+    stored = annotation_features(annots, FeatureStore(output / "store"), base, progress=True, kind="stage1")
     groups = [a.attributes["side"] for a in stored.annotations]
     labels = [a.individual for a in stored.annotations]
     out: Dict[str, Any] = {"photos": len(stored.annotations)}
-    for variant, cfg in (("rootsift ivf (8-bit SQ)", base.replace(shortlist_index="ivf")),
-                         ("rootsift ivfpq (32 B)", base.replace(shortlist_index="ivfpq"))):
+    for variant, cfg in (("default (auto: ivf, 8-bit SQ)", base),):
         with Timer() as t:
             s1 = stage1_matrix(stored.features, cfg, groups)
         out[variant] = {f"recall@{k}": recall_at(s1, labels, k) for k in KS}
@@ -342,13 +392,20 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs: int, ks: Sequence[int]) -> dict:
+SCALE_PQ_FROM = 50_000  # annotations: from here the scale curve uses ivfpq ...
+SCALE_PQ_FEATURES = 500  # ... over at most this many descriptors an annotation (the raw copy the index keeps
+# for re-training would be 38 GB at 10^5 x ~3,000); pq_recall() measures what both cost on real photos
+
+
+def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs: int, ks: Sequence[int],
+           hotspotter: bool = False) -> dict:
     store = FeatureStore(output / "store")
     base = load_config(None, max_num_keypoints=keypoints, device="cpu")
     part_a, part_b = select(FULLRES, 2)
     annots, feats, s1_feats = part_inputs(part_a + part_b, store, base)
     out: Dict[str, Any] = {"machine": machine(), "loadavg_before": loadavg(), "keypoints": keypoints,
-                           "threads": __import__("torch").get_num_threads()}
+                           "threads": __import__("torch").get_num_threads(),
+                           "stage1_descriptors_per_photo": float(np.mean([len(f["descriptors"]) for f in s1_feats]))}
     # stage 2: k LightGlue pairs (independent of N) and exhaustive pairs
     query, others = feats[0], feats[1:]
     match_scores(query, others[:4], base)  # warm-up
@@ -356,61 +413,130 @@ def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs:
         with Timer() as t:
             match_scores(query, [others[i % len(others)] for i in range(k)], base)
         out[f"stage2_top{k}"] = {"wall": t.wall, "cpu": t.cpu}
+        logger.info("stage 2, %d LightGlue pairs: %.2f s", k, t.wall)
     with Timer() as t:
         match_scores(query, [others[i % len(others)] for i in range(exhaustive_pairs)], base)
     out["exhaustive_pairs"] = exhaustive_pairs
     out["exhaustive_per_pair"] = {"wall": t.wall / exhaustive_pairs, "cpu": t.cpu / exhaustive_pairs}
+    logger.info("exhaustive LightGlue: %.3f s a pair", t.wall / exhaustive_pairs)
+    # stage-1 extraction of one query photo (full resolution, downsized to shortlist_image_size)
+    from wbia_lightglue.data.images import read_image
+    from wbia_lightglue.engine.shortlist import extract_shortlist_features
+
+    chips = [read_image(a.path) for a in annots[:10]]
+    with Timer() as t:
+        extract_shortlist_features(chips, base)
+    out["stage1_extract_per_photo"] = {"wall": t.wall / len(chips), "cpu": t.cpu / len(chips)}
     # stage 1 at scale
     rng = np.random.default_rng(0)
     make = replicate(s1_feats, max(scale), rng)
     queries = [s1_feats[i] for i in range(0, len(s1_feats), max(1, len(s1_feats) // 5))][:5]
     for n in scale:
-        for kind in (["auto"] if n < 50_000 else ["ivfpq"]):
-            cfg = base.replace(shortlist_index=kind)
-            index = ShortlistIndex(cfg)
-            with Timer() as build:
-                for start in range(0, n, 1000):
-                    chunk = range(start, min(n, start + 1000))
-                    index.add([f"s{i}" for i in chunk], [make(i) for i in chunk])
-            index.search(queries[0])  # warm-up
-            with Timer() as t:
-                for q in queries:
-                    index.search(q)
-            out[f"stage1_{n}_{kind}"] = {
-                "index": index.kind, "vectors": index.num_vectors, "build_wall": build.wall, "build_cpu": build.cpu,
-                "query_wall": t.wall / len(queries), "query_cpu": t.cpu / len(queries),
-                "index_mib": index.index_bytes() / 2**20, "raw_mib": index.raw_bytes() / 2**20,
-                "peak_rss_mib": rss_mib()}
-            logger.info("stage 1 at %d (%s): %s", n, kind, out[f"stage1_{n}_{kind}"])
-            del index
+        kind = "ivfpq" if n >= SCALE_PQ_FROM else "auto"
+        cap = SCALE_PQ_FEATURES if n >= SCALE_PQ_FROM else None
+
+        def synthetic(i: int, cap: Optional[int] = cap) -> dict:
+            f = make(i)
+            return f if cap is None else {**f, "descriptors": f["descriptors"][:cap], "keypoints": f["keypoints"][:cap]}
+
+        cfg = base.replace(shortlist_index=kind)
+        index = ShortlistIndex(cfg)
+        with Timer() as build:
+            for start in range(0, n, 1000):
+                chunk = range(start, min(n, start + 1000))
+                index.add([f"s{i}" for i in chunk], [synthetic(i) for i in chunk])
+        index.search(queries[0])  # warm-up
+        with Timer() as t:
+            for q in queries:
+                index.search(q)
+        out[f"stage1_{n}"] = {
+            "index": index.kind, "features_cap": cap, "vectors": index.num_vectors, "build_wall": build.wall,
+            "build_cpu": build.cpu, "query_wall": t.wall / len(queries), "query_cpu": t.cpu / len(queries),
+            "index_mib": index.index_bytes() / 2**20, "raw_mib": index.raw_bytes() / 2**20,
+            "peak_rss_mib": rss_mib()}
+        logger.info("stage 1 at %d: %s", n, out[f"stage1_{n}"])
+        del index
+    if hotspotter:  # WBIA's HotSpotter per query on the same photos (1-vs-flank, ~65 annotations)
+        with Timer() as t:
+            hotspotter_matrix(output, annots, "timing", use_cache=False)
+        out["hotspotter_per_query"] = {"wall": t.wall / len(annots), "cpu": t.cpu / len(annots),
+                                       "database": len(annots) // 2, "note": "wall includes WBIA's chip + "
+                                       "feature computation and its index build, amortised over the queries"}
     out["loadavg_after"] = loadavg()
     return out
 
 
+def timing_table(t: dict, ks: Sequence[int] = KS) -> str:
+    per_pair = t["exhaustive_per_pair"]["wall"]
+    lines = [f"{t['machine']}; {t['threads']} torch threads; load average before {t['loadavg_before']}, after "
+             f"{t['loadavg_after']}; {t['keypoints']} keypoints; stage 1: "
+             f"{t['stage1_descriptors_per_photo']:.0f} descriptors a photo\n",
+             "| annotations | stage-1 index | index MiB | raw MiB | stage 1 s/query | + stage 2 top-10 s | "
+             "two-stage s/query | exhaustive s/query |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for key, r in t.items():
+        if not key.startswith("stage1_") or not key[7:].isdigit():
+            continue
+        n = int(key[7:])
+        kind = r["index"] + (f", {r['features_cap']} desc/annot" if r["features_cap"] else "")
+        stage2 = t["stage2_top10"]["wall"]
+        lines.append(f"| {n:,} | {kind} | {r['index_mib']:.0f} | {r['raw_mib']:.0f} | {r['query_wall']:.2f} | "
+                     f"{stage2:.2f} | {r['query_wall'] + stage2 + t['stage1_extract_per_photo']['wall']:.2f} | "
+                     f"{n * per_pair:.0f} |")
+    lines.append("\nstage 2 (LightGlue on the shortlist) s/query: " +
+                 ", ".join(f"k={k} {t[f'stage2_top{k}']['wall']:.2f}" for k in ks) +
+                 f"; exhaustive {per_pair:.3f} s a pair (measured on {t['exhaustive_pairs']} pairs, x N above); "
+                 f"stage-1 extraction of the query photo {t['stage1_extract_per_photo']['wall']:.2f} s "
+                 "(in two-stage s/query)")
+    if "hotspotter_per_query" in t:
+        h = t["hotspotter_per_query"]
+        lines.append(f"HotSpotter (WBIA default pipeline) on the same photos: {h['wall']:.2f} s a query at 1-vs-"
+                     f"~{h['database']}, {h['note']}")
+    return "\n".join(lines)
+
+
 def pq_recall(output: Path, keypoints: int) -> dict:
-    """What PQ costs on the real photos: part A + B stage-1 recall, flat vs ivf vs ivfpq."""
+    """What PQ (and the scale curve's descriptor cap) cost on the real photos: part A + B stage-1 recall."""
     store = FeatureStore(output / "store")
     base = load_config(None, max_num_keypoints=keypoints, device="cpu")
     part_a, part_b = select(FULLRES, 2)
-    annots, _, s1_feats = part_inputs(part_a + part_b, store, base)
+    annots = annotation_features(part_a + part_b, store, base, progress=True).annotations
     groups = [a.attributes["side"] for a in annots]
     labels = [a.individual for a in annots]
     out = {}
-    for kind in ("flat", "ivf", "ivfpq"):
-        s1 = stage1_matrix(s1_feats, base.replace(shortlist_index=kind), groups)
-        out[kind] = {f"recall@{k}": recall_at(s1, labels, k) for k in KS}
+    for name, cfg in (("flat", base.replace(shortlist_index="flat")), ("ivf", base.replace(shortlist_index="ivf")),
+                      ("ivfpq", base.replace(shortlist_index="ivfpq")),
+                      (f"ivfpq, {SCALE_PQ_FEATURES} desc/annot",
+                       base.replace(shortlist_index="ivfpq", shortlist_features=SCALE_PQ_FEATURES))):
+        feats = annotation_features(annots, store, cfg, progress=False, kind="stage1").features
+        s1 = stage1_matrix(feats, cfg, groups)
+        out[name] = {f"recall@{k}": recall_at(s1, labels, k) for k in KS}
+        out[name]["rank1"] = report(s1, annots).rank1
+        logger.info("recall on %d photos, %s: %s", len(annots), name, out[name])
     return out
 
 
 # ============================================================================ output
 def table(acc: dict) -> str:
-    lines = [f"Part B (held-out individuals, {acc['part_b_photos']} photos), {acc['keypoints']} keypoints; "
+    lines = [f"Part A ({acc['part_a_photos']} photos) chose stage 1 by shortlist recall at {CHOOSE_K}: "
+             + ", ".join(f"{v} {c['recall']:.2f}" for v, c in acc["part_a_choice"].items())
+             + "; then shortlist_k (smallest within one query of the best Rank-1, sum_log1p): "
+             + ", ".join(f"k={k} {100 * r['rank1']:.1f}" for k, r in acc["part_a_k"].items())
+             + f" -> k = {acc['chosen_k']}\n",
+             f"Part B (held-out individuals, {acc['part_b_photos']} photos), {acc['keypoints']} keypoints; "
              f"stage 1 chosen on part A: {acc['chosen_stage1']}; logistic weights (bias, w_lg, w_s1) = "
              f"{tuple(round(w, 3) for w in acc['logistic_weights'])}\n",
              "| variant | R-1 | R-5 | mAP | shortlist recall |", "|---|---:|---:|---:|---:|"]
     for name, r in acc["part_b"].items():
         recall = "-" if r["recall"] is None else f"{r['recall']:.2f}"
         lines.append(f"| {name} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | {r['mAP']:.3f} | {recall} |")
+    for key in ("bootstrap_vs_exhaustive", "bootstrap_vs_hotspotter"):
+        if key in acc:
+            b = acc[key]
+            lines.append(f"\n{acc['chosen_stage1']} -> LightGlue top {acc['chosen_k']} (sum_log1p) {key[10:]}: "
+                         f"Rank-1 {100 * b['rank1_gain']:+.1f} points (95% {100 * b['rank1_gain_95'][0]:+.1f} .. "
+                         f"{100 * b['rank1_gain_95'][1]:+.1f}; {b['rank1_wins_losses'][0]} queries won, "
+                         f"{b['rank1_wins_losses'][1]} lost), mAP {b['map_gain']:+.3f} (95% {b['map_gain_95'][0]:+.3f} "
+                         f".. {b['map_gain_95'][1]:+.3f}), {b['queries']} queries, paired bootstrap")
     return "\n".join(lines)
 
 
@@ -426,8 +552,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         "LightGlue, no other stage-1 variant): a partial run when CPU time is short")
     parser.add_argument("--skip-recall", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true", help="recall and timing only")
-    parser.add_argument("--scale", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--exhaustive-pairs", type=int, default=1000)
+    parser.add_argument("--scale", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--exhaustive-pairs", type=int, default=200)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.output.mkdir(parents=True, exist_ok=True)
@@ -444,9 +570,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                                             indent=1))
         print(json.dumps({k: results[k] for k in ("recall_1205", "pq_recall")}, indent=1))
     if not args.no_timing:
-        results["timing"] = timing(args.output, args.keypoints, args.scale, args.exhaustive_pairs, KS)
+        results["timing"] = timing(args.output, args.keypoints, args.scale, args.exhaustive_pairs, KS,
+                                   args.hotspotter)
         (args.output / "timing.json").write_text(json.dumps(results["timing"], indent=1))
-        print(json.dumps(results["timing"], indent=1))
+        print(timing_table(results["timing"]))
     return results
 
 

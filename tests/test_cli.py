@@ -358,8 +358,8 @@ def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data
     fs = FeatureStore(store)
     db = load_dataset(data / "db")
     q = Annotation(data / "query-ind2.png", "?")
-    q_s1 = annotation_features([q], fs, config, progress=False, kind="rootsift")
-    db_s1 = annotation_features(db.annotations, fs, config, progress=False, kind="rootsift")
+    q_s1 = annotation_features([q], fs, config, progress=False, kind="stage1")
+    db_s1 = annotation_features(db.annotations, fs, config, progress=False, kind="stage1")
     stage1 = ShortlistIndex.load(indexes[0], config).search(q_s1.features[0]).ranked(db_s1.keys)
     top = fusion.shortlist_positions(stage1, 2)
     q_al = annotation_features([q], fs, config, progress=False).features[0]

@@ -112,17 +112,28 @@ def test_persistence_round_trip_then_incremental(tmp_path):
         ShortlistIndex.load(path, load_config(None, shortlist_index="flat", shortlist_features=500))
 
 
-def test_rootsift_features_on_a_real_photo(photos):
+@pytest.mark.parametrize("detector", ["hesaff", "sift"])
+def test_stage1_features_on_a_real_photo(photos, detector):
     chip = next(iter(photos.values()))
-    config = load_config(None, shortlist_features=300, shortlist_image_size=400)
+    config = load_config(None, shortlist_detector=detector, shortlist_features=300, shortlist_image_size=400)
     feats = extract_shortlist_features([chip, np.zeros((4, 4, 3), np.uint8)], config)
     kpts, desc = feats[0]["keypoints"], feats[0]["descriptors"]
     assert desc.dtype == np.uint8 and desc.shape[1] == 128 and 100 < len(desc) <= 300
+    # keypoints in the chip's own pixels, spread over it (the 400-px detection was scaled back up)
     assert kpts.min() >= -1 and kpts[:, 0].max() <= chip.shape[1] and kpts[:, 1].max() <= chip.shape[0]
+    assert np.ptp(kpts[:, 0]) > 0.5 * chip.shape[1]
     assert "error" in feats[1] and len(feats[1]["descriptors"]) == 0  # a bad chip never fails the others
+    uncapped = extract_shortlist_features([chip], config.replace(shortlist_features=20000))[0]
+    assert len(uncapped["descriptors"]) > 300  # the cap kept a subset of what the detector finds
+    if detector == "hesaff":  # the largest regions are kept: a subset of the uncapped rows
+        rows = {tuple(r) for r in uncapped["descriptors"]}
+        assert all(tuple(r) in rows for r in desc)
+
+
+def test_rootsift_has_unit_l2_norm():
     sift = np.abs(np.random.default_rng(0).normal(size=(3, 128))).astype(np.float32)
     root = rootsift(sift).astype(np.float64) / 512
-    np.testing.assert_allclose((root ** 2).sum(1), 1, atol=0.05)  # RootSIFT has unit L2 norm
+    np.testing.assert_allclose((root ** 2).sum(1), 1, atol=0.05)
 
 
 def test_fused_score_is_finite_for_empty_and_zero_and_bad_inputs():

@@ -40,7 +40,7 @@ DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"
 ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
 # What a store holds: ALIKED features (LightGlue's input) or stage-1 RootSIFT features (engine.shortlist),
 # each under its own fingerprint folder.
-FeatureKind = Literal["aliked", "rootsift"]
+FeatureKind = Literal["aliked", "stage1"]
 SHORTLIST_ARRAY_KEYS = ("keypoints", "descriptors", "image_size")
 # Photos read, decoded and extracted per step: what is held in memory at once (raw bytes, then chips) is
 # at most this many photos and this many decoded pixels, whatever the size of the dataset.
@@ -98,14 +98,14 @@ class FeatureStore:
     @staticmethod
     def fingerprint(config: Config, kind: FeatureKind = "aliked") -> str:
         """The folder name of ``kind`` features under ``config``."""
-        return config.feature_fingerprint if kind == "aliked" else f"rootsift-{config.shortlist_feature_fingerprint}"
+        return config.feature_fingerprint if kind == "aliked" else f"stage1-{config.shortlist_feature_fingerprint}"
 
     def load(self, key: str, fingerprint: str) -> Optional[Dict[str, Any]]:
         """The stored features, or None when absent or damaged (then they are re-extracted and overwritten)."""
         path = self.entry_path(key, fingerprint)
         if not path.is_file():  # also refuses a FIFO or device planted in the store
             return None
-        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("rootsift-") else ARRAY_KEYS
+        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("stage1-") else ARRAY_KEYS
         try:
             with np.load(path, allow_pickle=False) as data:
                 feats = {name: data[name] for name in names}
@@ -129,7 +129,7 @@ class FeatureStore:
         """
         if not self.writable:
             return None
-        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("rootsift-") else ARRAY_KEYS
+        names = SHORTLIST_ARRAY_KEYS if fingerprint.startswith("stage1-") else ARRAY_KEYS
         arrays = {name: np.asarray(feats[name]) for name in names}
         try:
             return atomic_write(self.entry_path(key, fingerprint), lambda out: np.savez(out, **arrays),
@@ -155,7 +155,7 @@ class FeatureStore:
         Returns the features (None for an annotation that was skipped: unreadable file, empty crop, or a
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
         skipped), and a StoreReport with the counts. With ``on_error='raise'`` (a query, a pair) an unusable
-        image raises ImageReadError instead of being skipped. ``kind='rootsift'``: stage-1 features.
+        image raises ImageReadError instead of being skipped. ``kind='stage1'``: stage-1 features.
 
         Photos are read once, in order; those not in the store wait in a chunk (at most EXTRACT_CHUNK photos
         and CHUNK_PIXELS pixels) that is decoded, extracted and released before the next one fills.
@@ -295,7 +295,7 @@ def annotation_features(
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
     ``on_error='raise'``: raise ImageReadError on the first unusable image instead of skipping it.
-    ``kind='rootsift'``: the stage-1 features (engine.shortlist) instead of ALIKED's.
+    ``kind='stage1'``: the stage-1 features (engine.shortlist) instead of ALIKED's.
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
                                          device=device, progress=progress, on_error=on_error, kind=kind)
@@ -309,7 +309,7 @@ def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config,
     """The stage-1 index of a database's annotations, persisted beside the feature store.
 
     File: ``<store root>/shortlist/<config.shortlist_fingerprint>/<digest of the database path>.npz``.
-    ``stored`` holds the annotations' stage-1 (``kind='rootsift'``) features and content keys. An existing
+    ``stored`` holds the annotations' stage-1 (``kind='stage1'``) features and content keys. An existing
     file is brought in step incrementally: annotations no longer in the database are removed, new ones
     added; nothing is rebuilt unless the index type must change. An unreadable or foreign file is rebuilt.
     """

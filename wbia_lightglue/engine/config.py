@@ -26,6 +26,7 @@ SCORE_NAMES = ("confidence_sum", "match_count", "inlier_count", "inlier_confiden
 NAME_SCORES = ("max", "sum", "mean_top3")
 CPU_PRECISIONS = ("fp32", "bf16")
 SHORTLIST_SOURCES = ("index", "hotspotter")
+SHORTLIST_DETECTORS = ("hesaff", "sift")
 SHORTLIST_INDEXES = ("auto", "flat", "ivf", "ivfpq")
 FUSIONS = ("sum_log1p", "logistic", "lightglue")
 
@@ -120,13 +121,16 @@ SPECS: Dict[str, KeySpec] = {
     # shortlist_k = 0: exhaustive LightGlue, exactly the one-stage scores
     "shortlist_k": KeySpec(0, "integer", lambda v: 0 <= v <= 100000, "0 (exhaustive) .. 100000"),
     "shortlist_source": KeySpec("index", "string", *_choice(*SHORTLIST_SOURCES)),
-    # stage-1 features: RootSIFT (OpenCV SIFT) on the chip, long edge at most shortlist_image_size
-    "shortlist_image_size": KeySpec(1600, "integer", lambda v: 64 <= v <= 8192, "64..8192"),
-    "shortlist_features": KeySpec(1000, "integer", lambda v: 16 <= v <= 20000, "16..20000"),
+    # stage-1 features on the chip downsized to a long edge of at most shortlist_image_size: Hessian-affine
+    # SIFT (pyhesaff, HotSpotter's detector) or OpenCV's DoG RootSIFT; at most shortlist_features a chip.
+    # Defaults chosen on part A of benchmarks/two_stage.py (hesaff at 500 px with the spatial check).
+    "shortlist_detector": KeySpec("hesaff", "string", *_choice(*SHORTLIST_DETECTORS)),
+    "shortlist_image_size": KeySpec(500, "integer", lambda v: 64 <= v <= 8192, "64..8192"),
+    "shortlist_features": KeySpec(4000, "integer", lambda v: 16 <= v <= 20000, "16..20000"),
     "shortlist_knn": KeySpec(4, "integer", lambda v: 1 <= v <= 64, "1..64"),  # LNBNN K (+1 normaliser)
     "shortlist_index": KeySpec("auto", "string", *_choice(*SHORTLIST_INDEXES)),
     "shortlist_nprobe": KeySpec(16, "integer", lambda v: 1 <= v <= 65536, "1..65536"),
-    "shortlist_spatial": KeySpec(False, "boolean"),
+    "shortlist_spatial": KeySpec(True, "boolean"),
     "fusion": KeySpec("sum_log1p", "string", *_choice(*FUSIONS)),
     # fusion 'logistic': P(same) = sigmoid(bias + w_lightglue * log1p(lightglue) + w_stage1 * log1p(stage 1))
     "fusion_bias": KeySpec(0.0, "number"),
@@ -139,7 +143,7 @@ FEATURE_KEYS = ("model_name", "max_num_keypoints", "detection_threshold", "image
 MATCH_KEYS = ("depth_confidence", "width_confidence", "filter_threshold", "screen_layer", "screen_score", "score",
               "score_match_threshold")
 # what the stage-1 index holds (keys its persisted file); the pair table's match scores do not depend on them
-SHORTLIST_FEATURE_KEYS = ("shortlist_image_size", "shortlist_features")
+SHORTLIST_FEATURE_KEYS = ("shortlist_detector", "shortlist_image_size", "shortlist_features")
 SHORTLIST_INDEX_KEYS = ("shortlist_index",)
 # what turns pair scores into the ranking (two-stage); with shortlist_k = 0 none of them matters
 RANKING_KEYS = ("shortlist_k", "shortlist_source", "shortlist_knn", "shortlist_nprobe", "shortlist_spatial",
@@ -214,7 +218,7 @@ class Config(Mapping):
 
     @property
     def shortlist_feature_fingerprint(self) -> str:
-        """Digest of the values that change stage-1 (RootSIFT) features."""
+        """Digest of the values that change stage-1 features."""
         return digest({"v": SHORTLIST_CODE_VERSION, **{k: self._values[k] for k in SHORTLIST_FEATURE_KEYS}})
 
     @property

@@ -1,8 +1,9 @@
 """Stage 1 of two-stage identification: a sublinear shortlist over the whole database.
 
-Each annotation contributes RootSIFT descriptors (OpenCV SIFT on the chip, long edge at most
-``shortlist_image_size``, the ``shortlist_features`` strongest, L1-normalised and square-rooted, stored
-as uint8 like HotSpotter's) to ONE FAISS index of the whole database. A query searches it once: for each
+Each annotation contributes uint8 SIFT descriptors from its chip downsized to a long edge of at most
+``shortlist_image_size`` (``shortlist_detector``: ``hesaff`` = Hessian-affine regions through pyhesaff, as
+HotSpotter; ``sift`` = OpenCV's DoG SIFT as RootSIFT), at most ``shortlist_features`` of them, to ONE FAISS
+index of the whole database. A query searches it once: for each
 query descriptor its ``shortlist_knn`` + 1 nearest database descriptors, and LNBNN voting (HotSpotter's
 local naive Bayes nearest neighbour): each of the first K neighbours votes ``d_norm - d`` for its
 annotation, where ``d_norm`` is the distance to the (K+1)-th neighbour; an annotation takes at most one
@@ -63,7 +64,7 @@ def extract_shortlist_features(
     *,
     on_error: OnError = "skip",
 ) -> List[dict]:
-    """RootSIFT features of each chip (BGR uint8), in input order.
+    """Stage-1 features of each chip (BGR uint8), in input order.
 
     Returns dicts with ``keypoints`` [N x 2] float32 (x, y in the chip's pixels), ``descriptors`` [N x 128]
     uint8 and ``image_size`` (width, height). An unusable chip gets empty features and an ``error`` entry
@@ -71,10 +72,16 @@ def extract_shortlist_features(
     """
     import cv2
 
+    from . import hesaff
+
     check_on_error(on_error)
     config = resolve_config(config)
     keys = list(keys) if keys is not None else [None] * len(chips)
-    sift = cv2.SIFT_create(nfeatures=int(config["shortlist_features"]))
+    limit = int(config["shortlist_features"])
+    detector = config["shortlist_detector"]
+    if detector == "hesaff":
+        hesaff.import_pyhesaff()  # not installed: one clear error before any chip
+    sift = cv2.SIFT_create(nfeatures=limit) if detector == "sift" else None
     out = []
     for chip, key in zip(chips, keys):
         try:
@@ -86,20 +93,24 @@ def extract_shortlist_features(
             shape = getattr(chip, "shape", (0, 0))
             out.append(empty_shortlist_features((shape[1], shape[0]) if len(shape) >= 2 else (0, 0), str(exc)))
             continue
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        height, width = gray.shape
+        height, width = rgb.shape[:2]
         scale = min(1.0, config["shortlist_image_size"] / max(height, width))  # never upscale
         if scale < 1:
-            gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                              interpolation=cv2.INTER_AREA)
-        kps, desc = sift.detectAndCompute(gray, None)
-        if desc is None or not kps:
+            rgb = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                             interpolation=cv2.INTER_AREA)
+        if sift is None:
+            xy, desc = hesaff.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), limit)
+        else:
+            kps, raw = sift.detectAndCompute(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), None)
+            kps = kps or ()
+            # SIFT may return a few more than nfeatures (ties); keep the strongest
+            order = np.argsort([-kp.response for kp in kps], kind="stable")[:limit]
+            xy = np.asarray([kps[i].pt for i in order], np.float32).reshape(-1, 2)
+            desc = rootsift(raw[order]) if len(order) else np.zeros((0, DIM), np.uint8)
+        if not len(xy):
             out.append(empty_shortlist_features((width, height)))
             continue
-        # SIFT may return a few more than nfeatures (ties); keep the strongest
-        order = np.argsort([-kp.response for kp in kps], kind="stable")[:int(config["shortlist_features"])]
-        xy = np.asarray([kps[i].pt for i in order], np.float32) / np.float32(scale)
-        out.append({"keypoints": xy, "descriptors": rootsift(desc[order]),
+        out.append({"keypoints": xy / np.float32(scale), "descriptors": desc,
                     "image_size": np.asarray((width, height), np.int64)})
     return out
 
@@ -118,7 +129,7 @@ class ShortlistResult:
 
 
 class ShortlistIndex:
-    """A FAISS kNN index over the RootSIFT descriptors of a set of annotations, keyed by strings.
+    """A FAISS kNN index over the stage-1 SIFT descriptors of a set of annotations, keyed by strings.
 
     Raw uint8 descriptors and keypoints are kept per annotation (128 + 8 bytes a descriptor), so the
     index can be rebuilt, re-trained and saved without re-extracting.

@@ -53,7 +53,7 @@ def score_dataset(
         scores = score_feature_pairs(stored.features, config, groups=groups, progress=progress)
         return DatasetScores(kept, scores, groups, stored.report)
     check_shortlist_source(config)
-    s1 = annotation_features(kept.annotations, FeatureStore(cache_dir), config, progress=progress, kind="rootsift")
+    s1 = annotation_features(kept.annotations, FeatureStore(cache_dir), config, progress=progress, kind="stage1")
     by_key = dict(zip(s1.keys, s1.features))
     s1_feats = [by_key.get(key, empty_shortlist_features()) for key in stored.keys]
     stage1 = stage1_matrix(s1_feats, config, groups)
@@ -138,8 +138,8 @@ def two_stage_query(query: Annotation, database: Sequence[Annotation], store: Fe
     what the store did for the database's stage-1 features.
     """
     check_shortlist_source(config)
-    q_s1 = annotation_features([query], store, config, progress=False, on_error="raise", kind="rootsift")
-    db_s1 = annotation_features(list(database), store, config, progress=progress, kind="rootsift")
+    q_s1 = annotation_features([query], store, config, progress=False, on_error="raise", kind="stage1")
+    db_s1 = annotation_features(list(database), store, config, progress=progress, kind="stage1")
     index = shortlist_index(store, db_s1, config, persist_as)
     others = [i for i, key in enumerate(db_s1.keys) if key != q_s1.keys[0]]
     if not others:

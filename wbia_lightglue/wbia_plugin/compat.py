@@ -6,8 +6,6 @@ WBIA runs unpatched) changes nothing. ``apply()`` does not import wbia itself.
 from __future__ import annotations
 
 import collections
-import ctypes
-import ctypes.util
 import inspect
 import logging
 import os
@@ -20,15 +18,10 @@ _APPLIED = False
 
 
 def _preload_system_gldispatch() -> None:
-    # pyhesaff ships its own libGLdispatch (auditwheel); when libhesaff.so is dlopen'ed the *system*
-    # libGLX resolves __glDispatchInit against that copy and crashes. Loading the system library
-    # globally first makes the symbol resolve to the system copy.
-    path = ctypes.util.find_library("GLdispatch")
-    if path:
-        try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:  # harmless where the library is absent or unusable
-            logger.debug("could not preload %s: %s", path, exc)
+    # pyhesaff (imported by wbia) segfaults without it; one implementation, in the engine
+    from ..engine.hesaff import preload_system_gldispatch
+
+    preload_system_gldispatch()
 
 
 def _import_distutils_version() -> None:
