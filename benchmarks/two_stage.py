@@ -380,11 +380,12 @@ def recall_large(output: Path, base: Config) -> dict:
 # ============================================================================ timing
 def replicate(feats: Sequence[dict], count: int, rng: np.random.Generator) -> Callable[[int], dict]:
     """The i-th synthetic annotation: a real photo's descriptors with +-2 uniform noise (cost, not accuracy)."""
-    def make(i: int) -> dict:
+    def make(i: int, cap: Optional[int] = None) -> dict:
         src = feats[i % len(feats)]
-        noise = rng.integers(-2, 3, src["descriptors"].shape)
-        return {"descriptors": np.clip(src["descriptors"].astype(np.int16) + noise, 0, 255).astype(np.uint8),
-                "keypoints": src["keypoints"], "image_size": src["image_size"]}
+        desc, xy = src["descriptors"][:cap], src["keypoints"][:cap]  # slices copied below (np.clip, astype)
+        noise = rng.integers(-2, 3, desc.shape, dtype=np.int16)
+        return {"descriptors": np.clip(desc.astype(np.int16) + noise, 0, 255).astype(np.uint8),
+                "keypoints": np.array(xy), "image_size": src["image_size"]}
     return make
 
 
@@ -392,9 +393,10 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-SCALE_PQ_FROM = 50_000  # annotations: from here the scale curve uses ivfpq ...
-SCALE_PQ_FEATURES = 500  # ... over at most this many descriptors an annotation (the raw copy the index keeps
-# for re-training would be 38 GB at 10^5 x ~3,000); pq_recall() measures what both cost on real photos
+SCALE_PQ_FROM = 50_000  # annotations: from here the scale curve uses ivfpq, built in one bulk add (growing
+# it 1,000 at a time re-trains at every 8x and re-adds everything: ~15 min at 10^4 already) ...
+SCALE_PQ_FEATURES = 200  # ... over at most this many descriptors an annotation (the raw copy the index keeps
+# for re-training would be 20 GB at 10^5 x ~1,550); pq_recall() measures what both cost on real photos
 
 
 def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs: int, ks: Sequence[int],
@@ -427,6 +429,7 @@ def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs:
     with Timer() as t:
         extract_shortlist_features(chips, base)
     out["stage1_extract_per_photo"] = {"wall": t.wall / len(chips), "cpu": t.cpu / len(chips)}
+    logger.info("stage-1 features of a full-resolution photo: %.2f s", t.wall / len(chips))
     # stage 1 at scale
     rng = np.random.default_rng(0)
     make = replicate(s1_feats, max(scale), rng)
@@ -436,14 +439,14 @@ def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs:
         cap = SCALE_PQ_FEATURES if n >= SCALE_PQ_FROM else None
 
         def synthetic(i: int, cap: Optional[int] = cap) -> dict:
-            f = make(i)
-            return f if cap is None else {**f, "descriptors": f["descriptors"][:cap], "keypoints": f["keypoints"][:cap]}
+            return make(i, cap)
 
         cfg = base.replace(shortlist_index=kind)
         index = ShortlistIndex(cfg)
         with Timer() as build:
-            for start in range(0, n, 1000):
-                chunk = range(start, min(n, start + 1000))
+            step = n if n >= SCALE_PQ_FROM else 1000  # incremental growth below, one bulk add above
+            for start in range(0, n, step):
+                chunk = range(start, min(n, start + step))
                 index.add([f"s{i}" for i in chunk], [synthetic(i) for i in chunk])
         index.search(queries[0])  # warm-up
         with Timer() as t:
@@ -455,6 +458,7 @@ def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs:
             "index_mib": index.index_bytes() / 2**20, "raw_mib": index.raw_bytes() / 2**20,
             "peak_rss_mib": rss_mib()}
         logger.info("stage 1 at %d: %s", n, out[f"stage1_{n}"])
+        (output / "timing_partial.json").write_text(json.dumps(out, indent=1))  # a long run killed keeps these
         del index
     if hotspotter:  # WBIA's HotSpotter per query on the same photos (1-vs-flank, ~65 annotations)
         with Timer() as t:
@@ -471,14 +475,14 @@ def timing_table(t: dict, ks: Sequence[int] = KS) -> str:
     lines = [f"{t['machine']}; {t['threads']} torch threads; load average before {t['loadavg_before']}, after "
              f"{t['loadavg_after']}; {t['keypoints']} keypoints; stage 1: "
              f"{t['stage1_descriptors_per_photo']:.0f} descriptors a photo\n",
-             "| annotations | stage-1 index | index MiB | raw MiB | stage 1 s/query | + stage 2 top-10 s | "
+             "| annotations | stage-1 index | index MiB | raw MiB | stage 1 s/query | + stage 2 top-20 s | "
              "two-stage s/query | exhaustive s/query |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for key, r in t.items():
         if not key.startswith("stage1_") or not key[7:].isdigit():
             continue
         n = int(key[7:])
         kind = r["index"] + (f", {r['features_cap']} desc/annot" if r["features_cap"] else "")
-        stage2 = t["stage2_top10"]["wall"]
+        stage2 = t["stage2_top20"]["wall"]
         lines.append(f"| {n:,} | {kind} | {r['index_mib']:.0f} | {r['raw_mib']:.0f} | {r['query_wall']:.2f} | "
                      f"{stage2:.2f} | {r['query_wall'] + stage2 + t['stage1_extract_per_photo']['wall']:.2f} | "
                      f"{n * per_pair:.0f} |")
@@ -572,7 +576,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.no_timing:
         results["timing"] = timing(args.output, args.keypoints, args.scale, args.exhaustive_pairs, KS,
                                    args.hotspotter)
-        (args.output / "timing.json").write_text(json.dumps(results["timing"], indent=1))
+        name = "timing.json" if args.scale == [1000, 10000, 100000] else f"timing_{'_'.join(map(str, args.scale))}.json"
+        (args.output / name).write_text(json.dumps(results["timing"], indent=1))
         print(timing_table(results["timing"]))
     return results
 

@@ -135,6 +135,7 @@ def server(tmp_path_factory, nyala_dir):
     config_dir = tmp / "v_config"
     config_dir.mkdir()
     (config_dir / "config.json").write_text(json.dumps(SMALL))
+    (config_dir / "two_stage.json").write_text(json.dumps({**SMALL, "shortlist_k": 3}))
     outside = tmp / "outside.json"
     outside.write_text(json.dumps(SMALL))
     entries = _entries(nyala_dir)
@@ -317,6 +318,24 @@ def test_identification_job_as_wildbook_sends_it(server, callbacks):
     renders = [ln for ln in log.splitlines() if "review image" in ln and " ms (matches " in ln]
     assert len(renders) >= 3 * len(database), renders[:3]
     assert all("from the scoring pass" in ln for ln in renders), [ln for ln in renders if "computed now" in ln]
+
+
+def test_two_stage_job_takes_the_query_chips_path(server, callbacks):
+    # the job engine calls ibs.query_chips, so a two-stage config takes the same path as in-process queries
+    query = server.uuids[f"{INDIVIDUALS[0]}_0"]
+    database = _database(server)
+    jobid = _submit(server, callbacks, query, database, config_path="two_stage.json")
+    callbacks.wait(jobid)
+    result = _result(server, jobid)
+    assert result["status"] == "completed", result
+    cm = result["json_result"]["cm_dict"][query]
+    duuids = [d["__UUID__"] for d in cm["dannot_uuid_list"]]
+    assert sorted(duuids) == sorted(database)  # every annotation is ranked, shortlisted or not
+    assert all(math.isfinite(s) for s in cm["annot_score_list"])
+    ranked = sorted(zip(cm["annot_score_list"], duuids), reverse=True)
+    assert server.names[ranked[0][1]] == INDIVIDUALS[0], ranked
+    lines = [ln for ln in server.log_text().splitlines() if "two-stage query" in ln]
+    assert any(f"over {len(database)} annotations, LightGlue on 3" in ln for ln in lines), lines[-3:]
 
 
 def test_failing_jobs_complete_or_fail_with_a_clear_message(server, callbacks):
