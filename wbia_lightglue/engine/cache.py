@@ -27,7 +27,55 @@ def _frozen(feats: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-class FeatureCache:
+class _BoundedLRU:
+    """Thread-safe LRU bounded by entry count and by bytes (``max_bytes`` 0 = by entries only).
+
+    ``size`` says how many bytes an entry holds; ``_lookup`` / ``_store`` do the bookkeeping.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int, size: Callable[[Any], int]):
+        self._size = size
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: "OrderedDict[Any, Any]" = OrderedDict()
+        self._nbytes = 0
+        self.hits = self.misses = self.evictions = 0
+
+    def _lookup(self, key: Any) -> Any:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def _store(self, key: Any, value: Any, size: int) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._nbytes -= self._size(old)
+            self._entries[key] = value
+            self._nbytes += size
+            while self._entries and (len(self._entries) > self.max_entries
+                                     or (self.max_bytes and self._nbytes > self.max_bytes)):
+                _, evicted = self._entries.popitem(last=False)
+                self._nbytes -= self._size(evicted)
+                self.evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._nbytes = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class FeatureCache(_BoundedLRU):
     """Thread-safe LRU of features keyed by (annotation key, feature fingerprint).
 
     Bounded by entry count and optionally by bytes. ``get_or_compute`` returns every feature it was asked
@@ -40,22 +88,11 @@ class FeatureCache:
     """
 
     def __init__(self, max_entries: int = 10000, max_bytes: int = 0):
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._entries: "OrderedDict[Tuple[Any, str], dict]" = OrderedDict()
-        self._nbytes = 0
-        self.hits = self.misses = self.evictions = 0
+        super().__init__(max_entries, max_bytes, features_nbytes)
 
     def get(self, key: Any, fingerprint: str) -> Optional[dict]:
-        with self._lock:
-            feats = self._entries.get((key, fingerprint))
-            if feats is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end((key, fingerprint))
-            self.hits += 1
-            return dict(feats)
+        feats = self._lookup((key, fingerprint))
+        return None if feats is None else dict(feats)
 
     def put(self, key: Any, fingerprint: str, feats: dict) -> None:
         if self.max_entries <= 0:
@@ -64,16 +101,7 @@ class FeatureCache:
         size = features_nbytes(feats)
         if self.max_bytes and size > self.max_bytes:
             return
-        with self._lock:
-            old = self._entries.pop((key, fingerprint), None)
-            if old is not None:
-                self._nbytes -= features_nbytes(old)
-            self._entries[(key, fingerprint)] = feats
-            self._nbytes += size
-            while len(self._entries) > self.max_entries or (self.max_bytes and self._nbytes > self.max_bytes):
-                _, evicted = self._entries.popitem(last=False)
-                self._nbytes -= features_nbytes(evicted)
-                self.evictions += 1
+        self._store((key, fingerprint), feats, size)
 
     def get_or_compute(self, keys: Sequence[Any], fingerprint: str,
                        compute: Callable[[List[Any]], List[dict]]) -> List[dict]:
@@ -107,15 +135,6 @@ class FeatureCache:
             for k in doomed:
                 self._nbytes -= features_nbytes(self._entries.pop(k))
         return len(doomed)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._nbytes = 0
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
 
     def stats(self) -> Dict[str, int]:
         with self._lock:
@@ -159,7 +178,7 @@ def _match_nbytes(result: MatchResult) -> int:
     return 64 + sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
 
-class MatchCache:
+class MatchCache(_BoundedLRU):
     """Thread-safe LRU of MatchResults (with their matches), bounded by entries and bytes.
 
     Keeps the correspondences of pairs scored by a job so that review images of those pairs are drawn
@@ -167,45 +186,15 @@ class MatchCache:
     """
 
     def __init__(self, max_entries: int = 4096, max_bytes: int = 64 << 20):
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._entries: "OrderedDict[Any, MatchResult]" = OrderedDict()
-        self._nbytes = 0
-        self.hits = self.misses = 0
+        super().__init__(max_entries, max_bytes, _match_nbytes)
 
     def get(self, key: Any) -> Optional[MatchResult]:
-        with self._lock:
-            result = self._entries.get(key)
-            if result is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return result
+        return self._lookup(key)
 
     def put(self, key: Any, result: MatchResult) -> None:
         if result.matches is None or self.max_entries <= 0:
             return  # only results that can be drawn are worth keeping
-        size = _match_nbytes(result)
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._nbytes -= _match_nbytes(old)
-            self._entries[key] = result
-            self._nbytes += size
-            while self._entries and (len(self._entries) > self.max_entries or self._nbytes > self.max_bytes):
-                _, evicted = self._entries.popitem(last=False)
-                self._nbytes -= _match_nbytes(evicted)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._nbytes = 0
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        self._store(key, result, _match_nbytes(result))
 
 
 _MATCH_CACHE = MatchCache()
