@@ -39,8 +39,6 @@ import argparse
 import csv
 import json
 import logging
-import os
-import platform
 import resource
 import sys
 import time
@@ -49,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from bench_common import machine
 
 from wbia_lightglue.data.dataset import Annotation, natural_key
 from wbia_lightglue.data.store import FeatureStore, annotation_features
@@ -73,15 +72,6 @@ RANKS = (1, 5, 10)
 
 
 # ============================================================================ helpers
-def machine() -> str:
-    cpu = "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores"
-
-
 def loadavg() -> str:
     try:
         return open("/proc/loadavg").read().split(" ", 3)[:3].__str__()
@@ -217,7 +207,8 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
                            "part_a_photos": len(part_a), "part_b_photos": len(part_b)}
     parts = {}
     for name, annots in (("A", part_a), ("B", part_b)):
-        annots, feats, _ = part_inputs(annots, store, base)
+        aliked = annotation_features(annots, store, base, progress=True)
+        annots, feats = aliked.annotations, aliked.features
         groups = [a.attributes["side"] for a in annots]
         stage1 = {}
         for variant, cfg in variants.items():
@@ -225,9 +216,10 @@ def accuracy(output: Path, keypoints: int, per_flank: int, hotspotter: bool, max
             if path.is_file():
                 stage1[variant] = np.load(path)["scores"]
                 continue
-            s1_feats = annotation_features(annots, store, cfg, progress=True, kind="stage1").features
+            s1 = annotation_features(annots, store, cfg, progress=True, kind="stage1")
+            assert s1.keys == aliked.keys, "an annotation failed one extractor but not the other"
             with Timer() as t:
-                stage1[variant] = stage1_matrix(s1_feats, cfg, groups)
+                stage1[variant] = stage1_matrix(s1.features, cfg, groups)
             np.savez(path, scores=stage1[variant])
             logger.info("part %s stage 1 %s: %.1f s", name, variant, t.wall)
         cache = PairCache(output / f"lightglue_{name}_{keypoints}.json", feats, base)
@@ -503,16 +495,16 @@ def pq_recall(output: Path, keypoints: int) -> dict:
     store = FeatureStore(output / "store")
     base = load_config(None, max_num_keypoints=keypoints, device="cpu")
     part_a, part_b = select(FULLRES, 2)
-    annots = annotation_features(part_a + part_b, store, base, progress=True).annotations
-    groups = [a.attributes["side"] for a in annots]
-    labels = [a.individual for a in annots]
     out = {}
     for name, cfg in (("flat", base.replace(shortlist_index="flat")), ("ivf", base.replace(shortlist_index="ivf")),
                       ("ivfpq", base.replace(shortlist_index="ivfpq")),
                       (f"ivfpq, {SCALE_PQ_FEATURES} desc/annot",
                        base.replace(shortlist_index="ivfpq", shortlist_features=SCALE_PQ_FEATURES))):
-        feats = annotation_features(annots, store, cfg, progress=False, kind="stage1").features
-        s1 = stage1_matrix(feats, cfg, groups)
+        stored = annotation_features(part_a + part_b, store, cfg, progress=False, kind="stage1")
+        annots = stored.annotations
+        groups = [a.attributes["side"] for a in annots]
+        labels = [a.individual for a in annots]
+        s1 = stage1_matrix(stored.features, cfg, groups)
         out[name] = {f"recall@{k}": recall_at(s1, labels, k) for k in KS}
         out[name]["rank1"] = report(s1, annots).rank1
         logger.info("recall on %d photos, %s: %s", len(annots), name, out[name])

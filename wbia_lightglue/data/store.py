@@ -38,7 +38,7 @@ logger = logging.getLogger("wbia_lightglue")
 
 DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wbia_lightglue" / "features"
 ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
-# What a store holds: ALIKED features (LightGlue's input) or stage-1 RootSIFT features (engine.shortlist),
+# What a store holds: ALIKED features (LightGlue's input) or stage-1 SIFT features (engine.shortlist),
 # each under its own fingerprint folder.
 FeatureKind = Literal["aliked", "stage1"]
 SHORTLIST_ARRAY_KEYS = ("keypoints", "descriptors", "image_size")

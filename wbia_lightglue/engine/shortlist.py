@@ -101,18 +101,23 @@ def extract_shortlist_features(
         if sift is None:
             xy, desc = hesaff.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), limit)
         else:
-            kps, raw = sift.detectAndCompute(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), None)
-            kps = kps or ()
-            # SIFT may return a few more than nfeatures (ties); keep the strongest
-            order = np.argsort([-kp.response for kp in kps], kind="stable")[:limit]
-            xy = np.asarray([kps[i].pt for i in order], np.float32).reshape(-1, 2)
-            desc = rootsift(raw[order]) if len(order) else np.zeros((0, DIM), np.uint8)
+            xy, desc = _opencv_rootsift(sift, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), limit)
         if not len(xy):
             out.append(empty_shortlist_features((width, height)))
             continue
         out.append({"keypoints": xy / np.float32(scale), "descriptors": desc,
                     "image_size": np.asarray((width, height), np.int64)})
     return out
+
+
+def _opencv_rootsift(sift: Any, gray: np.ndarray, limit: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(keypoints [N x 2] float32, RootSIFT uint8 [N x 128]) of the ``limit`` strongest OpenCV SIFT responses."""
+    kps, raw = sift.detectAndCompute(gray, None)
+    kps = kps or ()
+    # SIFT may return a few more than nfeatures (ties); keep the strongest
+    order = np.argsort([-kp.response for kp in kps], kind="stable")[:limit]
+    xy = np.asarray([kps[i].pt for i in order], np.float32).reshape(-1, 2)
+    return xy, (rootsift(raw[order]) if len(order) else np.zeros((0, DIM), np.uint8))
 
 
 # ============================================================================ the index
