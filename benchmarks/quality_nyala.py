@@ -59,9 +59,9 @@ from bench_common import (
 
 from wbia_lightglue import core
 from wbia_lightglue.data.dataset import Annotation
-from wbia_lightglue.data.files import atomic_write
 from wbia_lightglue.evaluation import calibration
 from wbia_lightglue.evaluation.protocol import evaluate_scores, later_partners, same_group
+from wbia_lightglue.files import atomic_write
 
 logger = logging.getLogger("wbia_lightglue")
 

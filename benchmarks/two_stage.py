@@ -6,7 +6,7 @@ order are split by parity: part A (1st, 3rd, ...) chooses settings (stage-1 vari
 part B (2nd, 4th, ...; held-out individuals) is where every figure is reported. Photos are compared within a
 flank only (protocol groups = side), 1-vs-all, ranking by individual (name score max, ties pessimistic).
 
-* stage 1 = ``engine.shortlist`` (Hessian-affine or DoG SIFT on the photo downsized to a long edge <=
+* stage 1 = ``engine.stage1`` (Hessian-affine or DoG SIFT on the photo downsized to a long edge <=
   shortlist_image_size, FAISS, LNBNN; ``+spatial``: RANSAC similarity check), one index per flank, leave-one-out
   (``evaluation.datasets.stage1_matrix``, the code ``wbia-lightglue evaluate`` runs);
 * part A chooses the stage-1 variant by shortlist recall at ``CHOOSE_K`` and fits the ``logistic`` fusion on
@@ -54,7 +54,7 @@ from wbia_lightglue.data.store import FeatureStore, annotation_features
 from wbia_lightglue.engine.config import Config, load_config
 from wbia_lightglue.engine.fusion import fit_logistic, fused_config, shortlist_positions
 from wbia_lightglue.engine.scoring import match_scores
-from wbia_lightglue.engine.shortlist import ShortlistIndex
+from wbia_lightglue.engine.stage1 import Stage1Index
 from wbia_lightglue.evaluation.datasets import stage1_matrix, two_stage_matrix
 from wbia_lightglue.evaluation.protocol import EvaluationReport, evaluate_scores
 
@@ -415,11 +415,11 @@ def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs:
     logger.info("exhaustive LightGlue: %.3f s a pair", t.wall / exhaustive_pairs)
     # stage-1 extraction of one query photo (full resolution, downsized to shortlist_image_size)
     from wbia_lightglue.data.images import read_image
-    from wbia_lightglue.engine.shortlist import extract_shortlist_features
+    from wbia_lightglue.engine.stage1 import extract_stage1_features
 
     chips = [read_image(a.path) for a in annots[:10]]
     with Timer() as t:
-        extract_shortlist_features(chips, base)
+        extract_stage1_features(chips, base)
     out["stage1_extract_per_photo"] = {"wall": t.wall / len(chips), "cpu": t.cpu / len(chips)}
     logger.info("stage-1 features of a full-resolution photo: %.2f s", t.wall / len(chips))
     # stage 1 at scale
@@ -434,7 +434,7 @@ def timing(output: Path, keypoints: int, scale: Sequence[int], exhaustive_pairs:
             return make(i, cap)
 
         cfg = base.replace(shortlist_index=kind)
-        index = ShortlistIndex(cfg)
+        index = Stage1Index(cfg)
         with Timer() as build:
             step = n if n >= SCALE_PQ_FROM else 1000  # incremental growth below, one bulk add above
             for start in range(0, n, step):

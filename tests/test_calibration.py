@@ -7,6 +7,7 @@ import pytest
 
 from wbia_lightglue import core
 from wbia_lightglue.engine import config as engine_config
+from wbia_lightglue.engine import calibration as model
 from wbia_lightglue.evaluation import calibration as cal
 from wbia_lightglue.evaluation.plots import plot_reliability
 
@@ -48,8 +49,8 @@ def test_round_trips_through_json(config, tmp_path):
     calibration = cal.fit(*synthetic_pairs(), config, dataset="x")
     path = calibration.save(tmp_path / "c.json")
     data = json.loads(path.read_text())
-    assert data["version"] == cal.FORMAT_VERSION and data["match_fingerprint"] == config.match_fingerprint
-    again = cal.Calibration.read(path)
+    assert data["version"] == model.FORMAT_VERSION and data["match_fingerprint"] == config.match_fingerprint
+    again = model.Calibration.read(path)
     assert again == calibration
     grid = np.linspace(0, 300, 50)
     np.testing.assert_array_equal(again.probability(grid), calibration.probability(grid))
@@ -57,47 +58,47 @@ def test_round_trips_through_json(config, tmp_path):
 
 def test_refuses_another_fingerprint(config, tmp_path, caplog):
     calibration = cal.fit(*synthetic_pairs(), config)
-    cal.save_calibration(calibration, config, tmp_path / "c.json")
+    model.save_calibration(calibration, config, tmp_path / "c.json")
     other = config.replace(max_num_keypoints=512)
     with caplog.at_level(logging.WARNING, logger="wbia_lightglue"):
-        assert cal.load_calibration(other, tmp_path / "c.json") is None
+        assert model.load_calibration(other, tmp_path / "c.json") is None
     assert "match fingerprint" in caplog.text
-    assert cal.load_calibration(config, tmp_path / "c.json") == calibration
-    with pytest.raises(cal.CalibrationError):
-        cal.save_calibration(calibration, other, tmp_path / "d.json")
+    assert model.load_calibration(config, tmp_path / "c.json") == calibration
+    with pytest.raises(model.CalibrationError):
+        model.save_calibration(calibration, other, tmp_path / "d.json")
     # name_score is not part of the pair score: a calibration survives changing it
-    assert cal.load_calibration(config.replace(name_score="sum"), tmp_path / "c.json") == calibration
+    assert model.load_calibration(config.replace(name_score="sum"), tmp_path / "c.json") == calibration
 
 
 def test_persistence_location(tmp_path, monkeypatch):
     config_file = tmp_path / "lightglue.json"
     config_file.write_text(json.dumps({"max_num_keypoints": 256}))
     config = core.load_config(config_file)
-    assert cal.calibration_path(config) == tmp_path / "lightglue.calibration.json"
-    assert cal.load_calibration(config) is None  # none yet: uncalibrated, no warning needed
-    written = cal.save_calibration(cal.fit(*synthetic_pairs(), config), config)
+    assert model.calibration_path(config) == tmp_path / "lightglue.calibration.json"
+    assert model.load_calibration(config) is None  # none yet: uncalibrated, no warning needed
+    written = model.save_calibration(cal.fit(*synthetic_pairs(), config), config)
     assert written == tmp_path / "lightglue.calibration.json"
-    assert cal.load_calibration(core.load_config(config_file)) is not None
+    assert model.load_calibration(core.load_config(config_file)) is not None
     monkeypatch.setattr(engine_config, "DEFAULT_CONFIG_DIR", tmp_path / "v_config")
-    assert cal.calibration_path(core.Config({})) == tmp_path / "v_config" / "config.calibration.json"
+    assert model.calibration_path(core.Config({})) == tmp_path / "v_config" / "config.calibration.json"
 
 
 def test_unusable_file_is_ignored_with_a_warning(config, tmp_path, caplog):
     (tmp_path / "c.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="wbia_lightglue"):
-        assert cal.load_calibration(config, tmp_path / "c.json") is None
+        assert model.load_calibration(config, tmp_path / "c.json") is None
     assert "unusable" in caplog.text
 
 
 def test_fit_needs_both_classes_and_rejects_bad_knots(config):
-    with pytest.raises(cal.CalibrationError):
+    with pytest.raises(model.CalibrationError):
         cal.fit([1.0, 2.0], [True, True], config)
-    with pytest.raises(cal.CalibrationError):
+    with pytest.raises(model.CalibrationError):
         cal.fit([1.0, 2.0], [True, False], config, method="spline")
-    with pytest.raises(cal.CalibrationError):
-        cal.Calibration([1.0, 0.5], [0.1, 0.2], "f", "confidence_sum")
-    with pytest.raises(cal.CalibrationError):
-        cal.Calibration([0.0, 1.0], [0.1, 1.5], "f", "confidence_sum")
+    with pytest.raises(model.CalibrationError):
+        model.Calibration([1.0, 0.5], [0.1, 0.2], "f", "confidence_sum")
+    with pytest.raises(model.CalibrationError):
+        model.Calibration([0.0, 1.0], [0.1, 1.5], "f", "confidence_sum")
 
 
 def test_labelled_pairs_skip_unlabelled_and_uncompared():
@@ -134,6 +135,6 @@ def test_brier_and_reliability_helpers(tmp_path):
 
 
 def test_probabilities_helper(config):
-    assert cal.probabilities(None, [1.0, 2.0]) is None
-    calibration = cal.Calibration([0.0, 10.0], [0.0, 1.0], config.match_fingerprint, "confidence_sum")
-    assert cal.probabilities(calibration, [5.0, 20.0, -1.0]) == [0.5, 1.0, 0.0]
+    assert model.probabilities(None, [1.0, 2.0]) is None
+    calibration = model.Calibration([0.0, 10.0], [0.0, 1.0], config.match_fingerprint, "confidence_sum")
+    assert model.probabilities(calibration, [5.0, 20.0, -1.0]) == [0.5, 1.0, 0.0]

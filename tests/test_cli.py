@@ -332,7 +332,7 @@ def test_demo_runs_end_to_end(demo_run):
 # ----------------------------------------------------------------------------- two-stage mode
 def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data, capsys, monkeypatch):
     from wbia_lightglue.engine import fusion, scoring
-    from wbia_lightglue.engine.shortlist import ShortlistIndex
+    from wbia_lightglue.engine.stage1 import Stage1Index
 
     store = data / "store"
     matched = []
@@ -349,7 +349,7 @@ def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data
     assert len(indexes) == 1  # persisted beside the feature store, under the stage-1 fingerprint
     config = tiny_config().replace(shortlist_k=2)
     assert indexes[0].parent.name == config.shortlist_fingerprint
-    assert len(ShortlistIndex.load(indexes[0], config)) == 6
+    assert len(Stage1Index.load(indexes[0], config)) == 6
 
     # the same numbers from the engine by hand: stage 1 from the saved index, LightGlue, engine.fusion.fuse
     from wbia_lightglue.data.dataset import Annotation, load_dataset
@@ -360,7 +360,7 @@ def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data
     q = Annotation(data / "query-ind2.png", "?")
     q_s1 = annotation_features([q], fs, config, progress=False, kind="stage1")
     db_s1 = annotation_features(db.annotations, fs, config, progress=False, kind="stage1")
-    stage1 = ShortlistIndex.load(indexes[0], config).search(q_s1.features[0]).ranked(db_s1.keys)
+    stage1 = Stage1Index.load(indexes[0], config).search(q_s1.features[0]).ranked(db_s1.keys)
     top = fusion.shortlist_positions(stage1, 2)
     q_al = annotation_features([q], fs, config, progress=False).features[0]
     db_al = annotation_features(db.annotations, fs, config, progress=False).features
@@ -378,7 +378,7 @@ def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data
     cv2.imwrite(str(data / "db" / "ind1" / "c.png"), cv2.imread(str(data / "query-ind1.png")))
     result = identify.main(data / "query-ind10.png", data / "db", config, cache_dir=store, progress=False)
     assert result.candidates[0].individual == "ind10"
-    assert len(ShortlistIndex.load(indexes[0], config)) == 7
+    assert len(Stage1Index.load(indexes[0], config)) == 7
 
 
 def test_evaluate_two_stage_fuses_and_hotspotter_source_is_refused(data, capsys):

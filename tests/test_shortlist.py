@@ -5,7 +5,7 @@ import pytest
 
 from wbia_lightglue.core import extract_features, load_config, match_scores
 from wbia_lightglue.engine.fusion import fit_logistic, fuse, shortlist_positions, two_stage_scores
-from wbia_lightglue.engine.shortlist import ShortlistIndex, build_index, extract_shortlist_features, rootsift
+from wbia_lightglue.engine.stage1 import Stage1Index, build_index, extract_stage1_features, rootsift
 
 
 def random_features(rng, count, per=40, spread=60):
@@ -64,13 +64,13 @@ def test_incremental_add_equals_rebuild(kind):
     feats = random_features(rng, 20, per=200)
     keys = [f"a{i}" for i in range(20)]
     config = load_config(None, shortlist_index=kind, shortlist_nprobe=4)
-    incremental = ShortlistIndex(config)
+    incremental = Stage1Index(config)
     for start in range(0, 20, 5):
         incremental.add(keys[start:start + 5], feats[start:start + 5])
     if kind == "flat":
         rebuilt = build_index(keys, feats, config)
     else:  # an IVF index keeps its first training: a rebuild with that same training
-        rebuilt = ShortlistIndex(config)
+        rebuilt = Stage1Index(config)
         rebuilt.add(keys[:5], feats[:5])
         rebuilt.remove(keys[:5])
         rebuilt.add(keys, feats)
@@ -103,27 +103,27 @@ def test_persistence_round_trip_then_incremental(tmp_path):
     index = build_index(keys[:6], feats[:6], config)
     index.remove(["a1"])
     path = index.save(tmp_path / "index.npz")
-    loaded = ShortlistIndex.load(path, config)
+    loaded = Stage1Index.load(path, config)
     assert loaded.keys == index.keys and loaded.num_vectors == index.num_vectors
     assert loaded.search(feats[3]).scores == index.search(feats[3]).scores
     added, removed = loaded.sync(keys[2:], lambda missing: [feats[keys.index(k)] for k in missing])
     assert (added, removed) == (2, 1) and sorted(loaded.keys) == sorted(keys[2:])
     with pytest.raises(ValueError, match="another config"):
-        ShortlistIndex.load(path, load_config(None, shortlist_index="flat", shortlist_features=500))
+        Stage1Index.load(path, load_config(None, shortlist_index="flat", shortlist_features=500))
 
 
 @pytest.mark.parametrize("detector", ["hesaff", "sift"])
 def test_stage1_features_on_a_real_photo(photos, detector):
     chip = next(iter(photos.values()))
     config = load_config(None, shortlist_detector=detector, shortlist_features=300, shortlist_image_size=400)
-    feats = extract_shortlist_features([chip, np.zeros((4, 4, 3), np.uint8)], config)
+    feats = extract_stage1_features([chip, np.zeros((4, 4, 3), np.uint8)], config)
     kpts, desc = feats[0]["keypoints"], feats[0]["descriptors"]
     assert desc.dtype == np.uint8 and desc.shape[1] == 128 and 100 < len(desc) <= 300
     # keypoints in the chip's own pixels, spread over it (the 400-px detection was scaled back up)
     assert kpts.min() >= -1 and kpts[:, 0].max() <= chip.shape[1] and kpts[:, 1].max() <= chip.shape[0]
     assert np.ptp(kpts[:, 0]) > 0.5 * chip.shape[1]
     assert "error" in feats[1] and len(feats[1]["descriptors"]) == 0  # a bad chip never fails the others
-    uncapped = extract_shortlist_features([chip], config.replace(shortlist_features=20000))[0]
+    uncapped = extract_stage1_features([chip], config.replace(shortlist_features=20000))[0]
     assert len(uncapped["descriptors"]) > 300  # the cap kept a subset of what the detector finds
     if detector == "hesaff":  # the largest regions are kept: a subset of the uncapped rows
         rows = {tuple(r) for r in uncapped["descriptors"]}

@@ -29,6 +29,7 @@ from .engine.config import (
     resolve_config,
     validate,
 )
+from .engine.device import matcher_dtype, resolve_device
 from .engine.extraction import (
     InvalidChipError,
     OnError,
@@ -39,15 +40,7 @@ from .engine.extraction import (
     resize_long_edge,
 )
 from .engine.match_types import MatchResult
-from .engine.models import (
-    MODELS,
-    ModelRegistry,
-    get_extractor,
-    get_lightglue,
-    get_matcher,
-    matcher_dtype,
-    resolve_device,
-)
+from .engine.models import MODELS, ModelRegistry, get_extractor, get_lightglue, get_matcher
 from .engine.scoring import (
     FeatureMismatchError,
     check_features,

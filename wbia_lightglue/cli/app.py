@@ -23,7 +23,7 @@ from ..data.dataset import DatasetError
 from ..data.images import ImageReadError
 from ..engine.config import ConfigError
 from ..engine.scoring import FeatureMismatchError
-from ..evaluation.calibration import CalibrationError
+from ..engine.calibration import CalibrationError
 from . import calibrate, demo, evaluate, extract, identify, match
 from .common import PROG, Parser, UsageError, common_options
 

@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, NoReturn, Optional, Sequence
 
-from ..data.files import check_writable_dir
 from ..engine.config import Config, load_config
 from ..engine.memory import check_memory
+from ..files import check_writable_dir
 
 PROG = "wbia-lightglue"
 

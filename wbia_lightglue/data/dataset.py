@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from .files import read_regular_file
+from ..files import read_regular_file
 from .images import IMAGE_SUFFIXES, BBox
 
 logger = logging.getLogger("wbia_lightglue")

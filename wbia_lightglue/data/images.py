@@ -25,7 +25,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from .files import read_regular_file
+from ..files import read_regular_file
 
 logger = logging.getLogger("wbia_lightglue")
 

@@ -27,18 +27,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..engine.config import Config
+from ..engine.device import DeviceLike
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
-from ..engine.models import DeviceLike
-from ..engine.shortlist import ShortlistIndex, extract_shortlist_features
+from ..engine.stage1 import Stage1Index, extract_stage1_features
+from ..files import atomic_write, remove_stale_temp_files
 from .dataset import Annotation
-from .files import atomic_write, remove_stale_temp_files
 from .images import BBox, ImageReadError, decode_image, image_size, read_image_bytes
 
 logger = logging.getLogger("wbia_lightglue")
 
 DEFAULT_STORE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wbia_lightglue" / "features"
 ARRAY_KEYS = ("keypoints", "descriptors", "keypoint_scores", "image_size")
-# What a store holds: ALIKED features (LightGlue's input) or stage-1 SIFT features (engine.shortlist),
+# What a store holds: ALIKED features (LightGlue's input) or stage-1 SIFT features (engine.stage1),
 # each under its own fingerprint folder.
 FeatureKind = Literal["aliked", "stage1"]
 SHORTLIST_ARRAY_KEYS = ("keypoints", "descriptors", "image_size")
@@ -227,7 +227,7 @@ class FeatureStore:
                 outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
                                            progress=False)
             else:
-                outputs = extract_shortlist_features(chips, config, keys=names, on_error=on_error)
+                outputs = extract_stage1_features(chips, config, keys=names, on_error=on_error)
         except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
             raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
@@ -295,7 +295,7 @@ def annotation_features(
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
     ``on_error='raise'``: raise ImageReadError on the first unusable image instead of skipping it.
-    ``kind='stage1'``: the stage-1 features (engine.shortlist) instead of ALIKED's.
+    ``kind='stage1'``: the stage-1 features (engine.stage1) instead of ALIKED's.
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
                                          device=device, progress=progress, on_error=on_error, kind=kind)
@@ -305,7 +305,7 @@ def annotation_features(
 
 
 def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config, database: Union[str, Path], *,
-                    device: Any = None, persist: bool = True) -> ShortlistIndex:
+                    device: Any = None, persist: bool = True) -> Stage1Index:
     """The stage-1 index of a database's annotations, persisted beside the feature store.
 
     File: ``<store root>/shortlist/<config.shortlist_fingerprint>/<digest of the database path>.npz``.
@@ -315,14 +315,14 @@ def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config,
     """
     name = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
     path = store.root / "shortlist" / config.shortlist_fingerprint / f"{name}.npz"
-    index: Optional[ShortlistIndex] = None
+    index: Optional[Stage1Index] = None
     if persist and path.is_file():
         try:
-            index = ShortlistIndex.load(path, config, device=device)
+            index = Stage1Index.load(path, config, device=device)
         except ValueError as exc:
             logger.warning("%s; rebuilding it", exc)
     if index is None:
-        index = ShortlistIndex(config, device=device)
+        index = Stage1Index(config, device=device)
     by_key = dict(zip(stored.keys, stored.features))
     added, removed = index.sync(list(by_key), lambda keys: [by_key[k] for k in keys])
     logger.info("stage-1 index %s: %d annotations (%d added, %d removed), %s, %d vectors",

@@ -116,7 +116,7 @@ SPECS: Dict[str, KeySpec] = {
     # WBIA: the synchronous match-score route refuses larger databases (0 = automatic from the device and
     # keypoints, see wbia_plugin.routes.sync_database_limit); bigger queries go through the job engine
     "web_max_database": KeySpec(0, "integer", lambda v: 0 <= v <= 100_000, "0 (automatic) .. 100000"),
-    # two-stage identification (engine.shortlist, engine.fusion): stage 1 ranks the whole database with a
+    # two-stage identification (engine.stage1, engine.fusion): stage 1 ranks the whole database with a
     # kNN index (or WBIA's HotSpotter), LightGlue scores only its top shortlist_k, the two scores are fused.
     # shortlist_k = 0: exhaustive LightGlue, exactly the one-stage scores
     "shortlist_k": KeySpec(0, "integer", lambda v: 0 <= v <= 100000, "0 (exhaustive) .. 100000"),

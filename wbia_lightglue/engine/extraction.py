@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, List, Literal, Mapping, Optional, Sequenc
 import numpy as np
 
 from .config import Config, ConfigLike, resolve_config
-from .models import DeviceLike, OutOfDeviceMemory, get_extractor, release_device_memory, resolve_device
+from .device import DeviceLike, OutOfDeviceMemory, release_device_memory, resolve_device
+from .models import get_extractor
 
 if TYPE_CHECKING:
     import torch

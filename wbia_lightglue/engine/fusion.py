@@ -1,6 +1,6 @@
 """Stage 2 and the fused score of two-stage identification.
 
-Given the stage-1 score of every database annotation (``engine.shortlist`` or WBIA's HotSpotter), the top
+Given the stage-1 score of every database annotation (``engine.stage1`` or WBIA's HotSpotter), the top
 ``shortlist_k`` are matched with LightGlue (``scoring.match_scores``: the exact batched matcher) and each
 annotation's final score is ``fuse(lightglue, stage1)`` (config ``fusion``):
 
@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import Config, ConfigLike, resolve_config
-from .models import DeviceLike
+from .device import DeviceLike
 from .scoring import match_scores
 
 logger = logging.getLogger("wbia_lightglue")

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .device import OutOfDeviceMemory, release_device_memory
 from .match_types import Features, LayerHook, LayerScores, MatchResult, MatchSettings
-from .models import OutOfDeviceMemory, release_device_memory
 
 logger = logging.getLogger("wbia_lightglue")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from .config import Config, ConfigError
-from .models import DeviceLike, resolve_device
+from .device import DeviceLike, resolve_device
 
 if TYPE_CHECKING:
     import torch

@@ -10,8 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .config import NAME_SCORES, SCORE_NAMES, Config, ConfigError, ConfigLike, resolve_config
+from .device import DeviceLike
 from .match_types import MatchResult, MatchSettings
-from .models import DeviceLike, get_matcher
+from .models import get_matcher
 
 
 class FeatureMismatchError(ValueError):

@@ -1,4 +1,4 @@
-"""Score calibration: a monotone map from a raw pair score to P(same individual).
+"""Fitting score calibrations: a monotone map from a raw pair score to P(same individual).
 
 Raw LightGlue scores (config ``score``) are unbounded and their scale depends on the config (keypoints,
 thresholds, score variant), so a calibration is tied to the config's ``match_fingerprint`` and is
@@ -21,99 +21,19 @@ Location: next to the config file, ``<config>.calibration.json`` (``config.json`
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..data.files import atomic_write_text, read_regular_file
-from ..engine import config as config_module
+from ..engine.calibration import Calibration, CalibrationError
 from ..engine.config import Config
 
 logger = logging.getLogger("wbia_lightglue")
 
-FORMAT_VERSION = 1
 METHODS = ("isotonic", "logistic")
 LOGISTIC_KNOTS = 64
-CALIBRATION_SUFFIX = ".calibration.json"
-MAX_CALIBRATION_BYTES = 16 << 20  # isotonic knots of millions of pairs fit in a few MB
-
-
-class CalibrationError(ValueError):
-    """A calibration cannot be fitted (no positive or no negative pairs) or a file is malformed."""
-
-
-@dataclass
-class Calibration:
-    """Knots of a monotone raw score -> P(same individual) map (see the module docstring)."""
-
-    x: List[float]
-    p: List[float]
-    match_fingerprint: str
-    score: str
-    method: str = "isotonic"
-    num_pairs: int = 0
-    num_positive: int = 0
-    meta: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("x", "p"):  # lists of plain numbers: no strings ("1.5"), booleans, nested lists
-            values = getattr(self, name)
-            if not isinstance(values, (list, tuple, np.ndarray)) or not all(
-                    isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                    for v in values):
-                raise CalibrationError(f"calibration knots {name} must be a list of numbers")
-        if not isinstance(self.match_fingerprint, str) or not isinstance(self.score, str):
-            raise CalibrationError("calibration match_fingerprint and score must be strings")
-        x, p = np.asarray(self.x, float), np.asarray(self.p, float)
-        if x.ndim != 1 or len(x) == 0 or x.shape != p.shape:
-            raise CalibrationError(f"calibration needs as many knots x as p (>= 1), got {x.shape} and {p.shape}")
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):  # NaN passes every comparison below
-            raise CalibrationError("calibration knots and probabilities must be finite numbers")
-        if np.any(np.diff(x) < 0) or np.any(np.diff(p) < 0):
-            raise CalibrationError("calibration knots must be non-decreasing in x and in p")
-        if np.any(p < 0) or np.any(p > 1):
-            raise CalibrationError("calibration probabilities must lie in [0, 1]")
-
-    def probability(self, scores: Union[float, Sequence[float], np.ndarray]) -> np.ndarray:
-        """P(same individual) of each raw score (array of the input's shape; clipped outside the knots)."""
-        return np.interp(np.asarray(scores, float), self.x, self.p)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"version": FORMAT_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Calibration":
-        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-            raise CalibrationError(f"not a version-{FORMAT_VERSION} calibration")
-        try:
-            return cls(**{k: v for k, v in data.items() if k != "version"})
-        except (TypeError, ValueError) as exc:  # unknown fields, or values numpy cannot read
-            raise CalibrationError(f"malformed calibration: {str(exc)[:120]}") from None
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write the JSON file atomically."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def read(cls, path: Union[str, Path]) -> "Calibration":
-        """Read a calibration file; CalibrationError (one line) for anything but a valid one, OSError if unreadable."""
-        data = read_regular_file(path, MAX_CALIBRATION_BYTES)
-        try:
-            return cls.from_dict(json.loads(data.decode("utf-8")))
-        except UnicodeDecodeError:
-            raise CalibrationError(f"calibration {path} is not UTF-8 text (a binary file?)") from None
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"calibration {path} is not valid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise CalibrationError(f"calibration {path} is nested too deeply") from None
-        except CalibrationError:
-            raise
-        except (ValueError, TypeError) as exc:  # e.g. an integer of more than 4300 digits
-            raise CalibrationError(f"calibration {path} is malformed: {str(exc)[:120]}") from None
 
 
 # ============================================================================ fitting
@@ -222,52 +142,7 @@ def reliability(probabilities: Sequence[float], same: Sequence[bool], bins: int 
     return out
 
 
-# ============================================================================ persistence tied to a config
-def calibration_path(config: Config) -> Path:
-    """Where the calibration of ``config`` lives: ``<config file stem>.calibration.json`` beside the file."""
-    source = Path(config.source) if config.source else config_module.DEFAULT_CONFIG_DIR / "config.json"
-    return source.with_name(source.stem + CALIBRATION_SUFFIX)
-
-
-def save_calibration(calibration: Calibration, config: Config,
-                     path: Union[str, Path, None] = None) -> Path:
-    """Store ``calibration`` for ``config`` (at ``path``, default ``calibration_path(config)``)."""
-    if calibration.match_fingerprint != config.match_fingerprint:
-        raise CalibrationError(f"calibration was fitted under match fingerprint {calibration.match_fingerprint}, "
-                               f"not this config's {config.match_fingerprint}")
-    written = calibration.save(path if path is not None else calibration_path(config))
-    logger.info("calibration saved to %s", written)
-    return written
-
-
-def load_calibration(config: Config, path: Union[str, Path, None] = None) -> Optional[Calibration]:
-    """The calibration for ``config``, or None when there is none or it does not belong to this config.
-
-    A file fitted under another match fingerprint (other keypoints, thresholds or score) is ignored
-    with a warning, as is an unreadable one: raw scores are still returned, just without probabilities.
-    """
-    path = Path(path) if path is not None else calibration_path(config)
-    if not path.exists():
-        return None
-    try:
-        calibration = Calibration.read(path)
-    except (OSError, CalibrationError) as exc:  # a FIFO, a folder, binary, ragged, NaN...: never fatal
-        logger.warning("calibration %s is unusable (%s); scores are not calibrated", path, exc)
-        return None
-    if calibration.match_fingerprint != config.match_fingerprint:
-        logger.warning("calibration %s was fitted under match fingerprint %s, but the config's is %s; "
-                       "ignored (re-run calibrate)", path, calibration.match_fingerprint, config.match_fingerprint)
-        return None
-    return calibration
-
-
-def probabilities(calibration: Optional[Calibration], scores: Sequence[float]) -> Optional[List[float]]:
-    """Calibrated probabilities of ``scores``, or None without a calibration (callers put it beside the score)."""
-    if calibration is None:
-        return None
-    return [float(v) for v in calibration.probability(scores)]
-
-
+# ============================================================================ held-out check
 def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: Config, method: str = "isotonic",
                    plot: Union[str, Path, None] = None) -> Dict[str, Any]:
     """Fit on half the individuals, measure Brier/ECE on pairs of the other half (split_by_individual)."""
@@ -282,10 +157,11 @@ def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: Config, me
         logger.warning("held-out check skipped: %s", exc)
         return {**out, "skipped": str(exc)}
     prob = calibration.probability(test_scores)
-    out.update(brier=brier_score(prob, test_same), ece=reliability(prob, test_same)["ece"][0],
+    table = reliability(prob, test_same)
+    out.update(brier=brier_score(prob, test_same), ece=table["ece"][0],
                brier_base_rate=brier_score(np.full(len(test_same), fit_same.mean()), test_same))
     if plot is not None and len(test_same):
         from .plots import plot_reliability
 
-        plot_reliability(prob, test_same, plot, title=f"{method}, held-out individuals ({len(test_same)} pairs)")
+        plot_reliability(table, out["brier"], plot, title=f"{method}, held-out individuals ({len(test_same)} pairs)")
     return out

@@ -14,7 +14,7 @@ from ..data.store import FeatureStore, StoreReport, annotation_features, shortli
 from ..engine.config import Config, ConfigError
 from ..engine.fusion import TwoStageScores, two_stage_scores
 from ..engine.scoring import match_scores
-from ..engine.shortlist import ShortlistIndex, empty_shortlist_features
+from ..engine.stage1 import Stage1Index, empty_stage1_features
 from .plots import plot_cmc
 from .protocol import DEFAULT_RANKS, EvaluationReport, evaluate_scores, score_feature_pairs
 
@@ -55,7 +55,7 @@ def score_dataset(
     check_shortlist_source(config)
     s1 = annotation_features(kept.annotations, FeatureStore(cache_dir), config, progress=progress, kind="stage1")
     by_key = dict(zip(s1.keys, s1.features))
-    s1_feats = [by_key.get(key, empty_shortlist_features()) for key in stored.keys]
+    s1_feats = [by_key.get(key, empty_stage1_features()) for key in stored.keys]
     stage1 = stage1_matrix(s1_feats, config, groups)
     fused, lightglue = two_stage_matrix(stage1, stored.features, config, progress=progress)
     return DatasetScores(kept, fused, groups, stored.report, stage1, lightglue)
@@ -82,7 +82,7 @@ def stage1_matrix(features: Sequence[Mapping[str, Any]], config: Config,
         members.setdefault(groups[i] if groups is not None else None, []).append(i)
     for group in members.values():
         keys = [str(i) for i in group]
-        index = ShortlistIndex(config, device=device)
+        index = Stage1Index(config, device=device)
         index.sync(keys, lambda missing: [features[int(k)] for k in missing])
         for i in group:
             others = [j for j in group if j != i]

@@ -30,12 +30,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..data.dataset import Annotation, natural_key
-from ..data.files import atomic_write_text
 from ..data.images import ImageReadError, read_image
 from ..data.store import FeatureStore, annotation_features
 from ..engine.config import Config
 from ..engine.scoring import match_pairs, name_scores
-from .calibration import Calibration
+from ..files import atomic_write_text
+from ..engine.calibration import Calibration
 from .datasets import DatasetScores
 from .drawing import render_pair
 from .protocol import EvaluationReport

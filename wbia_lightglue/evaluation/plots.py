@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence, Union
+from typing import Dict, List, Union
 
 import numpy as np
 
-from .calibration import brier_score, reliability
 from .protocol import EvaluationReport
 
 
@@ -46,21 +45,22 @@ def _cmc_curve(report: EvaluationReport, max_rank: int) -> np.ndarray:
     return np.array([(ranks <= k).mean() for k in range(1, max_rank + 1)])
 
 
-def plot_reliability(probabilities: Sequence[float], same: Sequence[bool], path: Union[str, Path],
-                     bins: int = 10, title: str = "") -> None:
-    """Reliability diagram (PNG): observed frequency against mean predicted probability per bin."""
+def plot_reliability(table: Dict[str, List[float]], brier: float, path: Union[str, Path], bins: int = 10,
+                     title: str = "") -> None:
+    """Reliability diagram (PNG) of a table from ``calibration.reliability``: observed frequency against mean
+    predicted probability per bin (``bins`` equal-width bins, empty ones absent), the pairs per bin below;
+    ``brier`` is shown in the legend."""
     plt = _pyplot()
-    table = reliability(probabilities, same, bins)
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), dpi=100, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     ax.plot(table["predicted"], table["observed"], marker="o",
-            label=f"Brier {brier_score(probabilities, same):.4f}, ECE {table['ece'][0]:.3f}")
+            label=f"Brier {brier:.4f}, ECE {table['ece'][0]:.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted P(same individual)")
     ax.set_ylabel("observed frequency")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(title or f"reliability ({len(np.asarray(same))} held-out pairs)", fontsize=9)
+    ax.set_title(title or f"reliability ({int(sum(table['count']))} pairs)", fontsize=9)
     hist.bar(table["bin_low"], table["count"], width=1 / bins, align="edge", log=True)
     hist.set_xlim(0, 1)
     hist.set_xlabel("predicted P(same individual)")

@@ -19,7 +19,7 @@ _APPLIED = False
 
 def _preload_system_gldispatch() -> None:
     # pyhesaff (imported by wbia) segfaults without it; one implementation, in the engine
-    from ..engine.hesaff import preload_system_gldispatch
+    from ..engine.stage1.hesaff import preload_system_gldispatch
 
     preload_system_gldispatch()
 

@@ -48,7 +48,7 @@ from wbia import dtool  # noqa: E402
 
 from .. import core  # noqa: E402
 from ..engine import fusion  # noqa: E402
-from ..engine.shortlist import ShortlistIndex, extract_shortlist_features  # noqa: E402
+from ..engine.stage1 import Stage1Index, extract_stage1_features  # noqa: E402
 from ..evaluation import calibration, drawing  # noqa: E402
 from ..evaluation.protocol import DEFAULT_RANKS, evaluate_scores, score_feature_pairs  # noqa: E402
 
@@ -569,7 +569,7 @@ def compute_lightglue_scores(depc, qaid_list: Sequence[int], daid_list: Sequence
 # Live stage-1 indexes, one per (database, stage-1 fingerprint); each is also saved in the database's cache
 # folder. Keys are annotation *visual* UUIDs, which WBIA changes with the chip (image, bbox, theta), so an
 # edited annotation is never matched through its old descriptors even across processes.
-_INDEXES: Dict[Tuple[str, str], ShortlistIndex] = {}
+_INDEXES: Dict[Tuple[str, str], Stage1Index] = {}
 # (database, aid) -> the visual UUID its stage-1 descriptors were indexed under: WBIA updates the visual
 # UUID before it calls delete_root, so the invalidation hook needs the old one
 _INDEXED_AS: Dict[Tuple[str, int], str] = {}
@@ -579,7 +579,7 @@ def _shortlist_path(ibs, config: core.Config) -> Path:
     return Path(ibs.get_cachedir()) / "lightglue_shortlist" / f"{config.shortlist_fingerprint}.npz"
 
 
-def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[ShortlistIndex, List[str]]:
+def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[Stage1Index, List[str]]:
     """The database's stage-1 index, brought in step with ``aids`` (added / removed incrementally)."""
     keys = [str(u) for u in ibs.get_annot_visual_uuids(list(aids))]
     cache_key = (str(ibs.get_dbdir()), config.shortlist_fingerprint)
@@ -587,17 +587,17 @@ def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[Shortl
     path = _shortlist_path(ibs, config)
     if index is None and path.is_file():
         try:
-            index = ShortlistIndex.load(path, config)
+            index = Stage1Index.load(path, config)
         except ValueError as exc:
             logger.warning("%s; rebuilding it", exc)
     if index is None:
-        index = ShortlistIndex(config)
+        index = Stage1Index(config)
     aid_of = dict(zip(keys, aids))
 
     def features_of(missing: List[str]) -> List[dict]:
         missing_aids = [aid_of[k] for k in missing]
         chips = _annot_chips(ibs, missing_aids)
-        return extract_shortlist_features([c if c is not None else np.zeros((0, 0, 3), np.uint8) for c in chips],
+        return extract_stage1_features([c if c is not None else np.zeros((0, 0, 3), np.uint8) for c in chips],
                                           config, keys=missing_aids)
 
     added, removed = index.sync(keys, features_of)
@@ -630,7 +630,7 @@ def lightglue_stage1_scores(ibs, qaid: int, daid_list: Sequence[int], config_pat
         index, keys = _stage1_index(ibs, others, config)
         query = ibs.get_annot_visual_uuids([qaid])[0]
         chip = _annot_chips(ibs, [qaid])[0]
-        feats = extract_shortlist_features([chip if chip is not None else np.zeros((0, 0, 3), np.uint8)], config,
+        feats = extract_stage1_features([chip if chip is not None else np.zeros((0, 0, 3), np.uint8)], config,
                                            keys=[qaid])[0]
         values = index.search(feats, exclude=[str(query)]).ranked(keys).tolist()
     by_daid = dict(zip(others, values))

@@ -28,7 +28,7 @@ from .. import core  # noqa: E402
 from ..engine import config as config_module  # noqa: E402
 from ..evaluation import calibration  # noqa: E402
 from ..engine.memory import check_memory  # noqa: E402
-from ..engine.models import OutOfDeviceMemory, resolve_device  # noqa: E402
+from ..engine.device import OutOfDeviceMemory, resolve_device  # noqa: E402
 from .plugin import QueryChipError, _features_depc_config  # noqa: E402
 
 logger = logging.getLogger("wbia_lightglue")

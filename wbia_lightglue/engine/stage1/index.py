@@ -1,21 +1,15 @@
-"""Stage 1 of two-stage identification: a sublinear shortlist over the whole database.
+"""Stage-1 index: one FAISS kNN index over the stage-1 descriptors of a whole database, keyed by strings.
 
-Each annotation contributes uint8 SIFT descriptors from its chip downsized to a long edge of at most
-``shortlist_image_size`` (``shortlist_detector``: ``hesaff`` = Hessian-affine regions through pyhesaff, as
-HotSpotter; ``sift`` = OpenCV's DoG SIFT as RootSIFT), at most ``shortlist_features`` of them, to ONE FAISS
-index of the whole database. A query searches it once: for each
-query descriptor its ``shortlist_knn`` + 1 nearest database descriptors, and LNBNN voting (HotSpotter's
-local naive Bayes nearest neighbour): each of the first K neighbours votes ``d_norm - d`` for its
-annotation, where ``d_norm`` is the distance to the (K+1)-th neighbour; an annotation takes at most one
-vote per query descriptor; its score is the sum. Optionally (``shortlist_spatial``) the top candidates'
-votes are checked by a RANSAC similarity transform and only the inliers count.
-
+A query searches it once and LNBNN voting (:mod:`.lnbnn`) turns the neighbours into a score per annotation.
 The index is incremental (``add`` appends; ``remove`` drops an annotation's vectors), persisted with
-``save`` / ``ShortlistIndex.load``, and picks its FAISS type by size (``shortlist_index='auto'``: exact
-flat search up to ``AUTO_IVF_VECTORS`` vectors, IVF with 8-bit scalar quantisation beyond; ``ivfpq`` for
-the largest databases). IVF indexes are trained on the vectors present when they are built and rebuilt
-from the kept raw descriptors when the database has grown ``RETRAIN_GROWTH`` times since. On CUDA the
-exact search runs in torch (or on faiss-gpu when that build is installed).
+``save`` / ``Stage1Index.load``, and picks its FAISS type by size (``shortlist_index='auto'``: exact flat
+search up to ``AUTO_IVF_VECTORS`` vectors, IVF with 8-bit scalar quantisation beyond; ``ivfpq`` for the
+largest databases). IVF indexes are trained on the vectors present when they are built and rebuilt from
+the kept raw descriptors when the database has grown ``RETRAIN_GROWTH`` times since. On CUDA the exact
+search runs in torch (or on faiss-gpu when that build is installed).
+
+This module is over 300 lines because the index's storage, FAISS build and persistence share private state
+(slots, owners, keypoints); the scoring and the features live in their own modules.
 """
 from __future__ import annotations
 
@@ -26,103 +20,23 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tup
 
 import numpy as np
 
-from .config import Config, ConfigError, ConfigLike, resolve_config
-from .extraction import InvalidChipError, OnError, check_on_error, prepare_chip
+from ...files import atomic_write
+from ..config import Config, ConfigError, ConfigLike, resolve_config
+from .features import DIM
+from .lnbnn import lnbnn_votes, spatial_check
 
 logger = logging.getLogger("wbia_lightglue")
 
-DIM = 128
 AUTO_IVF_VECTORS = 100_000  # exact flat search below: a 1,000-descriptor query costs ~0.3 s of one core there
 MAX_LISTS = 4096  # IVF lists: 4 sqrt(vectors), at most this (k-means training time grows with lists x sample)
 TRAIN_PER_LIST = 64  # training vectors per list (FAISS wants at least 39)
 RETRAIN_GROWTH = 8  # an IVF index is rebuilt (re-trained) when the vectors have grown this much since training
 PQ_BYTES = 32  # ivfpq: bytes per vector (vs 128 for the 8-bit scalar quantiser)
-ROOTSIFT_SCALE = 512.0  # RootSIFT components are <= ~0.5: x512 fills uint8 (HotSpotter's scaling)
 INDEX_FORMAT = 1
 
 
-# ============================================================================ stage-1 features
-def rootsift(descriptors: np.ndarray) -> np.ndarray:
-    """SIFT -> RootSIFT (L1-normalise, square root) as uint8 (x ``ROOTSIFT_SCALE``, clipped)."""
-    desc = np.asarray(descriptors, np.float32)
-    desc = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
-    return np.clip(np.round(desc * ROOTSIFT_SCALE), 0, 255).astype(np.uint8)
-
-
-def empty_shortlist_features(image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> dict:
-    feats = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, DIM), np.uint8),
-             "image_size": np.asarray(image_size, np.int64)}
-    if error:
-        feats["error"] = error
-    return feats
-
-
-def extract_shortlist_features(
-    chips: Sequence[np.ndarray],
-    config: ConfigLike = None,
-    keys: Optional[Sequence[Any]] = None,
-    *,
-    on_error: OnError = "skip",
-) -> List[dict]:
-    """Stage-1 features of each chip (BGR uint8), in input order.
-
-    Returns dicts with ``keypoints`` [N x 2] float32 (x, y in the chip's pixels), ``descriptors`` [N x 128]
-    uint8 and ``image_size`` (width, height). An unusable chip gets empty features and an ``error`` entry
-    (``on_error='skip'``) or raises InvalidChipError (``'raise'``).
-    """
-    import cv2
-
-    from . import hesaff
-
-    check_on_error(on_error)
-    config = resolve_config(config)
-    keys = list(keys) if keys is not None else [None] * len(chips)
-    limit = int(config["shortlist_features"])
-    detector = config["shortlist_detector"]
-    if detector == "hesaff":
-        hesaff.import_pyhesaff()  # not installed: one clear error before any chip
-    sift = cv2.SIFT_create(nfeatures=limit) if detector == "sift" else None
-    out = []
-    for chip, key in zip(chips, keys):
-        try:
-            rgb = prepare_chip(chip, key)
-        except InvalidChipError as exc:
-            if on_error == "raise":
-                raise
-            logger.warning("%s; it gets no stage-1 features", exc)
-            shape = getattr(chip, "shape", (0, 0))
-            out.append(empty_shortlist_features((shape[1], shape[0]) if len(shape) >= 2 else (0, 0), str(exc)))
-            continue
-        height, width = rgb.shape[:2]
-        scale = min(1.0, config["shortlist_image_size"] / max(height, width))  # never upscale
-        if scale < 1:
-            rgb = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
-                             interpolation=cv2.INTER_AREA)
-        if sift is None:
-            xy, desc = hesaff.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), limit)
-        else:
-            xy, desc = _opencv_rootsift(sift, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), limit)
-        if not len(xy):
-            out.append(empty_shortlist_features((width, height)))
-            continue
-        out.append({"keypoints": xy / np.float32(scale), "descriptors": desc,
-                    "image_size": np.asarray((width, height), np.int64)})
-    return out
-
-
-def _opencv_rootsift(sift: Any, gray: np.ndarray, limit: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(keypoints [N x 2] float32, RootSIFT uint8 [N x 128]) of the ``limit`` strongest OpenCV SIFT responses."""
-    kps, raw = sift.detectAndCompute(gray, None)
-    kps = kps or ()
-    # SIFT may return a few more than nfeatures (ties); keep the strongest
-    order = np.argsort([-kp.response for kp in kps], kind="stable")[:limit]
-    xy = np.asarray([kps[i].pt for i in order], np.float32).reshape(-1, 2)
-    return xy, (rootsift(raw[order]) if len(order) else np.zeros((0, DIM), np.uint8))
-
-
-# ============================================================================ the index
 @dataclass
-class ShortlistResult:
+class Stage1Scores:
     """Stage-1 scores of one query: ``scores[key]`` for every annotation in the index (0 = no vote)."""
 
     scores: Dict[str, float]
@@ -133,7 +47,7 @@ class ShortlistResult:
         return np.asarray([self.scores.get(k, 0.0) for k in keys], np.float64)
 
 
-class ShortlistIndex:
+class Stage1Index:
     """A FAISS kNN index over the stage-1 SIFT descriptors of a set of annotations, keyed by strings.
 
     Raw uint8 descriptors and keypoints are kept per annotation (128 + 8 bytes a descriptor), so the
@@ -351,8 +265,8 @@ class ShortlistIndex:
         return dist, idx
 
     def search(self, features: Mapping[str, Any], exclude: Collection[str] = (),
-               spatial_top: int = 50) -> ShortlistResult:
-        """LNBNN scores of every indexed annotation for the query ``features`` (see the module docstring).
+               spatial_top: int = 50) -> Stage1Scores:
+        """LNBNN scores of every indexed annotation for the query ``features`` (:mod:`.lnbnn`).
 
         ``exclude``: keys never voted for (e.g. the query itself when it is in the database); their
         neighbours are skipped, and more neighbours are fetched so the K + 1 are still filled.
@@ -360,70 +274,25 @@ class ShortlistIndex:
         desc = np.asarray(features["descriptors"], np.uint8)
         scores = {key: 0.0 for key in self._desc}
         if len(desc) == 0 or self.num_vectors == 0:
-            return ShortlistResult(scores, 0)
+            return Stage1Scores(scores, 0)
         excluded = {self._slot_of[k] for k in exclude if k in self._slot_of}
         fetch = self.k + 1 + (self.k + 1 if excluded else 0)
         dist, ids = self.knn(desc.astype(np.float32), fetch)
         slots = np.where(ids >= 0, self._owner[np.maximum(ids, 0)], -1)
-        valid = slots >= 0
-        if excluded:
-            valid &= ~np.isin(slots, list(excluded))
-        # the first K + 1 valid neighbours of each row, in distance order
-        rank = np.cumsum(valid, axis=1) - 1
-        keep = valid & (rank <= self.k)
-        count = keep.sum(axis=1)
-        norm_col = np.where(keep & (rank == count[:, None] - 1), dist, 0).max(axis=1)  # last kept = normaliser
-        voting = keep & (rank < count[:, None] - 1)
-        rows, cols = np.nonzero(voting)
-        weights = (norm_col[rows] - dist[rows, cols]).astype(np.float64)
-        vslots = slots[rows, cols]
-        vids = ids[rows, cols]
-        # one vote per (query descriptor, annotation): the strongest
-        order = np.lexsort((-weights, vslots, rows))
-        rows, vslots, weights, vids = rows[order], vslots[order], weights[order], vids[order]
-        first = np.ones(len(rows), bool)
-        first[1:] = (rows[1:] != rows[:-1]) | (vslots[1:] != vslots[:-1])
-        rows, vslots, weights, vids = rows[first], vslots[first], weights[first], vids[first]
-        totals = np.bincount(vslots, weights=weights, minlength=len(self._slots))
+        votes = lnbnn_votes(dist, ids, slots, self.k, excluded)
+        totals = np.bincount(votes.slots, weights=votes.weights, minlength=len(self._slots))
         for slot in np.flatnonzero(totals):
             scores[self._slots[slot]] = float(totals[slot])
         if self.spatial:
-            self._verify(scores, features, rows, vslots, weights, vids, spatial_top)
-        return ShortlistResult(scores, int(voting.any(axis=1).sum()))
-
-    def _verify(self, scores: Dict[str, float], features: Mapping[str, Any], rows: np.ndarray,
-                vslots: np.ndarray, weights: np.ndarray, vids: np.ndarray, top: int) -> None:
-        """Spatial check of the ``top`` candidates: only votes consistent with one RANSAC similarity
-        transform (query keypoint -> database keypoint) count. The others keep their order below them."""
-        import cv2
-
-        qxy = np.asarray(features["keypoints"], np.float32)
-        size = float(max(np.asarray(features["image_size"]).max(), 1))
-        ranked = sorted(scores, key=lambda k: -scores[k])
-        checked, rest = ranked[:top], ranked[top:]
-        verified = {}
-        for key in checked:
-            mask = vslots == self._slot_of[key]
-            if mask.sum() < 3:
-                verified[key] = 0.0
-                continue
-            src, dst = qxy[rows[mask]], self._vec_xy[vids[mask]]
-            _, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
-                                                     ransacReprojThreshold=0.05 * size, maxIters=500,
-                                                     confidence=0.99, refineIters=0)
-            verified[key] = float(weights[mask][inliers.ravel().astype(bool)].sum()) if inliers is not None else 0.0
-        floor = min(verified.values()) if verified else 0.0
-        peak = max((scores[k] for k in rest), default=0.0)
-        for key in rest:  # below every verified candidate, in their raw order
-            scores[key] = floor * 0.999 * scores[key] / peak if peak > 0 else 0.0
-        scores.update(verified)
+            size = float(max(np.asarray(features["image_size"]).max(), 1))
+            spatial_check(scores, self._slot_of, votes, np.asarray(features["keypoints"], np.float32),
+                          self._vec_xy, size, spatial_top)
+        return Stage1Scores(scores, votes.voters)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Union[str, Path]) -> Path:
         """Write the index (FAISS index, raw descriptors, keys) to one ``.npz`` file, atomically."""
         import faiss
-
-        from ..data.files import atomic_write
 
         keys = list(self._desc)
         counts = np.asarray([len(self._desc[k]) for k in keys], np.int64)
@@ -441,7 +310,7 @@ class ShortlistIndex:
         return atomic_write(Path(path), lambda out: np.savez(out, **arrays))
 
     @classmethod
-    def load(cls, path: Union[str, Path], config: ConfigLike = None, *, device: Any = None) -> "ShortlistIndex":
+    def load(cls, path: Union[str, Path], config: ConfigLike = None, *, device: Any = None) -> "Stage1Index":
         """Read a saved index; ValueError when it was built under another stage-1 config or is unreadable."""
         import faiss
 
@@ -486,16 +355,16 @@ class ShortlistIndex:
 
 def stage1_device(config: Config, device: Any = None) -> Optional[str]:
     """Where the exact stage-1 search runs: 'cuda...' (torch / faiss-gpu) or None (FAISS on CPU)."""
-    from .models import resolve_device
+    from ..device import resolve_device
 
     resolved = resolve_device(config, device)
     return str(resolved) if resolved.type == "cuda" else None
 
 
 def build_index(keys: Sequence[str], features: Sequence[Mapping[str, Any]], config: ConfigLike = None, *,
-                device: Any = None) -> ShortlistIndex:
+                device: Any = None) -> Stage1Index:
     """A new index of ``keys`` (a convenience for one-shot use)."""
-    index = ShortlistIndex(config, device=device)
+    index = Stage1Index(config, device=device)
     index.add(list(keys), list(features))
     if index._faiss is None:
         index._rebuild()

@@ -1,0 +1,15 @@
+"""Stage 1 of two-stage identification: a sublinear shortlist over the whole database.
+
+* :mod:`.features` — each annotation's uint8 SIFT descriptors (Hessian-affine through :mod:`.hesaff`, or
+  OpenCV's DoG RootSIFT) from its chip downsized to ``shortlist_image_size``;
+* :mod:`.index` — ONE FAISS kNN index of the database's descriptors (incremental, persisted);
+* :mod:`.lnbnn` — LNBNN voting over each query descriptor's neighbours and the RANSAC spatial check.
+
+A query's stage-1 scores rank every database annotation; the pipeline (:mod:`wbia_lightglue.pipeline`)
+sends the top ``shortlist_k`` (the shortlist) to LightGlue. Config keys of this stage are ``shortlist_*``.
+"""
+from .features import DIM, empty_stage1_features, extract_stage1_features, rootsift
+from .index import Stage1Index, Stage1Scores, build_index, stage1_device
+
+__all__ = ["DIM", "Stage1Index", "Stage1Scores", "build_index", "empty_stage1_features",
+           "extract_stage1_features", "rootsift", "stage1_device"]
