@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from wbia_lightglue import core
-from wbia_lightglue.engine import config as engine_config
 from wbia_lightglue.engine import calibration as model
+from wbia_lightglue.engine import config as engine_config
 from wbia_lightglue.evaluation import calibration as cal
 from wbia_lightglue.evaluation.plots import plot_reliability
 
@@ -130,7 +130,7 @@ def test_brier_and_reliability_helpers(tmp_path):
     table = cal.reliability(p, y, bins=10)
     assert table["count"] == [2, 2, 2] and table["observed"] == [0.0, 0.5, 1.0]
     assert table["ece"][0] == pytest.approx(0.05 * 2 / 6)
-    plot_reliability(p, y, tmp_path / "r.png")
+    plot_reliability(table, cal.brier_score(p, y), tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -32,13 +32,12 @@ from wbia_lightglue.data import images, store
 from wbia_lightglue.data.dataset import DatasetError, load_dataset, natural_key
 from wbia_lightglue.data.images import ImageReadError, decode_image, read_image_bytes
 from wbia_lightglue.data.store import FeatureStore, content_key
-from wbia_lightglue.engine import extraction, memory
+from wbia_lightglue.engine import calibration, extraction, memory
 from wbia_lightglue.engine.cache import FeatureCache
 from wbia_lightglue.engine.device import OutOfDeviceMemory
 from wbia_lightglue.engine.match_types import MatchSettings
 from wbia_lightglue.engine.matcher import BatchedLightGlue
 from wbia_lightglue.engine.models import get_lightglue
-from wbia_lightglue.engine import calibration
 from wbia_lightglue.files import check_writable_dir, read_regular_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from test_cli import TINY, run_cli, tiny_config
 
 from wbia_lightglue.core import load_config
 from wbia_lightglue.data.dataset import Annotation
-from wbia_lightglue.evaluation import html_report
 from wbia_lightglue.engine.calibration import Calibration, save_calibration
+from wbia_lightglue.evaluation import html_report
 
 HTML_NAME = """<img src=x onerror=alert(1)> & "Jerry's" """.strip()  # a legal folder name on Linux
 PAGE_JS = """(() => {

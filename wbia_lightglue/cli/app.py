@@ -21,9 +21,9 @@ from typing import Any, Callable, List, Optional
 
 from ..data.dataset import DatasetError
 from ..data.images import ImageReadError
+from ..engine.calibration import CalibrationError
 from ..engine.config import ConfigError
 from ..engine.scoring import FeatureMismatchError
-from ..engine.calibration import CalibrationError
 from . import calibrate, demo, evaluate, extract, identify, match
 from .common import PROG, Parser, UsageError, common_options
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from ..data.dataset import Dataset, load_dataset
-from ..engine.config import ConfigLike, resolve_config
 from ..engine.calibration import Calibration, calibration_path, save_calibration
+from ..engine.config import ConfigLike, resolve_config
 from ..evaluation.calibration import METHODS, fit, held_out_check, labelled_pairs
 from ..evaluation.datasets import score_dataset
 from .common import config_from_args, require_writable

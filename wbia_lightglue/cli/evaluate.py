@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence, Union
 
 from ..data.dataset import Dataset, limit_individuals, load_dataset
 from ..data.store import FeatureStore
+from ..engine.calibration import load_calibration
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..engine.calibration import load_calibration
 from ..evaluation.datasets import evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
 from .common import UsageError, check_top, config_from_args, features_line, require_writable

@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..data.dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
 from ..data.store import FeatureStore, StoreReport, annotation_features
+from ..engine.calibration import Calibration, load_calibration
 from ..engine.config import Config, ConfigLike, resolve_config
 from ..engine.scoring import match_scores, name_scores
 from ..evaluation import html_report
-from ..engine.calibration import Calibration, load_calibration
 from ..evaluation.datasets import two_stage_query
 from ..files import atomic_write_text
 from .common import check_top, config_from_args, features_line, require_writable

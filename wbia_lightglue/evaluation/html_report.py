@@ -32,10 +32,10 @@ import numpy as np
 from ..data.dataset import Annotation, natural_key
 from ..data.images import ImageReadError, read_image
 from ..data.store import FeatureStore, annotation_features
+from ..engine.calibration import Calibration
 from ..engine.config import Config
 from ..engine.scoring import match_pairs, name_scores
 from ..files import atomic_write_text
-from ..engine.calibration import Calibration
 from .datasets import DatasetScores
 from .drawing import render_pair
 from .protocol import EvaluationReport
