@@ -13,8 +13,8 @@ flank only (protocol groups = side), 1-vs-all, ranking by individual (name score
   the LightGlue scores of its top-``FIT_K`` pairs;
 * stage 2 = LightGlue at ``--keypoints`` (image_size 512): part B exhaustively (the baseline, and every k
   reads from it); pair scores cached;
-* fused = ``evaluation.datasets.two_stage_matrix`` (engine.fusion) with ``sum_log1p``, ``logistic`` (fitted
-  on part A) and ``lightglue`` (re-ranking only);
+* fused = the pipeline (``pipeline.score_matrix`` over ``evaluation.datasets.DatasetSource``; engine.fusion)
+  with ``sum_log1p``, ``logistic`` (fitted on part A) and ``lightglue`` (re-ranking only);
 * HotSpotter = WBIA 4.0.4's default pipeline (``ibs.query_chips``) on the same photos, per flank, alone and as
   stage 1 (``shortlist_source='hotspotter'``), with ``--hotspotter`` (needs wbia importable).
 
@@ -55,10 +55,19 @@ from wbia_lightglue.engine.config import Config, load_config
 from wbia_lightglue.engine.fusion import fit_logistic, fused_config, shortlist_positions
 from wbia_lightglue.engine.scoring import match_scores
 from wbia_lightglue.engine.stage1 import Stage1Index
-from wbia_lightglue.evaluation.datasets import stage1_matrix, two_stage_matrix
+from wbia_lightglue.evaluation.datasets import DatasetSource, stage1_matrix
 from wbia_lightglue.evaluation.protocol import EvaluationReport, evaluate_scores
+from wbia_lightglue.pipeline import score_matrix
 
 logger = logging.getLogger("wbia_lightglue")
+
+
+def two_stage_matrix(stage1: np.ndarray, feats: list, cfg: Any, *, pair_scores: Any,
+                     progress: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(fused, lightglue) matrices of every photo through the pipeline, from a stage-1 matrix and cached pairs."""
+    matrices = score_matrix(len(feats), DatasetSource(feats, cfg, stage1=stage1, pair_scores=pair_scores), cfg,
+                            progress=progress)
+    return matrices.scores, matrices.lightglue
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

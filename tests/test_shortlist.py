@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from wbia_lightglue.core import extract_features, load_config, match_scores
-from wbia_lightglue.engine.fusion import fit_logistic, fuse, shortlist_positions, two_stage_scores
+from wbia_lightglue.engine.fusion import fit_logistic, fuse, shortlist_positions
 from wbia_lightglue.engine.stage1 import Stage1Index, build_index, extract_stage1_features, rootsift
+from wbia_lightglue.pipeline import score_query
 
 
 def random_features(rng, count, per=40, spread=60):
@@ -146,19 +147,43 @@ def test_fused_score_is_finite_for_empty_and_zero_and_bad_inputs():
         assert np.isfinite(fuse([], [], [], config)).all()
 
 
+class ListSource:
+    """A pipeline source over given stage-1 scores and a LightGlue function of candidate positions."""
+
+    def __init__(self, stage1, lightglue):
+        self.stage1, self.lightglue = list(stage1), lightglue
+
+    def candidates(self, query, mode):
+        return list(range(len(self.stage1)))
+
+    def stage1_scores(self, query, candidates):
+        return [self.stage1[c] for c in candidates]
+
+    def lightglue_scores(self, query, candidates):
+        return self.lightglue(list(candidates))
+
+
+class FeatureSource(ListSource):
+    """LightGlue on real features: the query is features[0]'s dict, candidates index ``database``."""
+
+    def __init__(self, query, database, stage1, config):
+        super().__init__(stage1, lambda pos: match_scores(query, [database[p] for p in pos], config))
+
+
 def test_fusion_orders_shortlist_and_keeps_stage1_order_outside():
     config = load_config(None, shortlist_k=2)
     stage1 = np.array([5.0, 1.0, 9.0, 3.0])
     positions = shortlist_positions(stage1, 2)
     assert positions.tolist() == [2, 0]
     calls = []
-    result = two_stage_scores({}, [], stage1, config, lightglue=lambda pos: calls.append(pos) or [0.0, 40.0])
+    result = score_query(None, ListSource(stage1, lambda pos: calls.append(pos) or [0.0, 40.0]), config)
     assert calls == [[2, 0]]
-    assert result.shortlisted.tolist() == [True, False, True, False]
+    assert result.mode == "two_stage"
+    assert result.matched.tolist() == [True, False, True, False]
     assert result.lightglue.tolist() == [40.0, 0.0, 0.0, 0.0]
-    assert result.fused[0] > result.fused[2] > result.fused[3] > result.fused[1]
+    assert result.scores[0] > result.scores[2] > result.scores[3] > result.scores[1]
     for method in ("logistic", "lightglue"):
-        fused = two_stage_scores({}, [], stage1, config.replace(fusion=method), lightglue=lambda pos: [0.0, 40.0]).fused
+        fused = score_query(None, ListSource(stage1, lambda pos: [0.0, 40.0]), config.replace(fusion=method)).scores
         assert fused[0] >= fused[2] >= fused[3] >= fused[1]
 
 
@@ -176,9 +201,10 @@ def test_exhaustive_mode_reproduces_one_stage_scores_exactly(photos):
     assert config["shortlist_k"] == 0
     feats = extract_features(list(photos.values()), config, progress=False)
     expected = match_scores(feats[0], feats[1:], config)
-    result = two_stage_scores(feats[0], feats[1:], [3.0, 0.0, 1.0], config)
-    assert result.fused.tolist() == expected  # exactly: the same matcher call, no fusion
-    assert result.shortlisted.all()
+    result = score_query(None, FeatureSource(feats[0], feats[1:], [3.0, 0.0, 1.0], config), config)
+    assert result.mode == "exhaustive" and result.stage1 is None
+    assert result.scores.tolist() == expected  # exactly: the same matcher call, no fusion
+    assert result.matched.all()
 
 
 def test_two_stage_with_empty_features_is_finite(photos):
@@ -186,7 +212,7 @@ def test_two_stage_with_empty_features_is_finite(photos):
     feats = extract_features(list(photos.values())[:2], config, progress=False)
     empty = {**feats[0], "keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.float32),
              "keypoint_scores": np.zeros(0, np.float32)}
-    result = two_stage_scores(feats[0], [empty, feats[1], empty], [0.0, 0.0, 0.0], config)
-    assert np.isfinite(result.fused).all() and result.shortlisted.sum() == 2
-    result = two_stage_scores(empty, [feats[1]], [2.0], config)
-    assert np.isfinite(result.fused).all()
+    result = score_query(None, FeatureSource(feats[0], [empty, feats[1], empty], [0.0, 0.0, 0.0], config), config)
+    assert np.isfinite(result.scores).all() and result.matched.sum() == 2
+    result = score_query(None, FeatureSource(empty, [feats[1]], [2.0], config), config)
+    assert np.isfinite(result.scores).all()

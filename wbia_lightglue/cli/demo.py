@@ -24,6 +24,7 @@ from ..data.store import FeatureStore
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
 from ..evaluation.datasets import evaluate, save, score_dataset
+from ..pipeline import rank_individuals
 from . import identify
 from . import match as match_pair
 from .common import config_from_args
@@ -93,8 +94,8 @@ def main(
         # identify's ranking of this photo against all the others, from the pairs scored above
         q = next(i for i, a in enumerate(annots) if a.individual == individual)
         others = [j for j in range(len(annots)) if j != q]
-        ranking = identify.rank_individuals(scored.scores[q, others], [annots[j] for j in others],
-                                            config["name_score"])
+        ranking = identify.candidate_rows([annots[j] for j in others], rank_individuals(
+            scored.scores[q, others].tolist(), [annots[j].individual for j in others], config["name_score"]))
         best = ranking[0]
         correct = best.individual == individual
         summary.num_queries += 1

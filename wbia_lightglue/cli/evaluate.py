@@ -12,11 +12,11 @@ from typing import Any, Optional, Sequence, Union
 
 from ..data.dataset import Dataset, limit_individuals, load_dataset
 from ..data.store import FeatureStore
-from ..engine.calibration import load_calibration
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
 from ..evaluation.datasets import evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
+from ..pipeline import calibration_for
 from .common import UsageError, check_top, config_from_args, features_line, require_writable
 
 DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
@@ -86,7 +86,7 @@ def main(
     save(report, output, label=data.source.stem)
     page = html_report.evaluation_report(
         Path(output) / "report.html", scored, report, config, cmc_png=Path(output) / "cmc.png", top=top,
-        max_queries=report_queries, calibration=load_calibration(config), store=FeatureStore(cache_dir),
+        max_queries=report_queries, calibration=calibration_for(config), store=FeatureStore(cache_dir),
         title=data.source.name, progress=progress)
     report.meta["html_report"] = {"path": str(page.path), "num_queries": page.num_queries, "shown": page.shown,
                                   "size_bytes": page.size_bytes, "seconds": round(page.seconds, 2)}

@@ -15,16 +15,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ..data.dataset import Annotation, Dataset, DatasetError, load_dataset, natural_key
-from ..data.store import FeatureStore, StoreReport, annotation_features
-from ..engine.calibration import Calibration, load_calibration
-from ..engine.config import Config, ConfigLike, resolve_config
-from ..engine.scoring import match_scores, name_scores
+from ..data.dataset import Annotation, Dataset, DatasetError
+from ..engine.calibration import Calibration
+from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..evaluation.datasets import two_stage_query
 from ..files import atomic_write_text
+from ..pipeline import RankedIndividual, calibration_for, rank_individuals, score_query
+from ..pipeline.files import store_source
 from .common import check_top, config_from_args, features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
@@ -92,31 +91,22 @@ def run(args: argparse.Namespace) -> None:
               f"{result.report.seconds:.1f} s)")
 
 
-def rank_individuals(
-    annot_scores: Sequence[float], annotations: Sequence[Annotation], method: str = "max",
-    calibration: Optional[Calibration] = None,
-) -> List[Candidate]:
-    """Individuals ordered by aggregated score (ties by natural name order, so output is stable).
+def candidate_rows(annotations: Sequence[Annotation], ranking: Sequence[RankedIndividual],
+                   raw_scores: Optional[Sequence[float]] = None,
+                   calibration: Optional[Calibration] = None) -> List[Candidate]:
+    """The ranking's rows for photos: each individual with its best-matching annotation (and its file).
 
-    With a ``calibration`` each row carries the probability of its best annotation's raw score.
+    With a ``calibration`` each row carries the probability of its best annotation's raw LightGlue score
+    (``raw_scores``, aligned with ``annotations``).
     """
-    per_name = name_scores(annot_scores, [a.individual for a in annotations], method)
-    best = best_annotations(annot_scores, annotations)
-    order = sorted(per_name, key=lambda name: (-per_name[name], natural_key(name)))
-    def probability(score: float) -> Optional[float]:
-        return None if calibration is None else float(calibration.probability(score))
-
-    return [Candidate(rank, name, annotations[best[name]].name, per_name[name], str(annotations[best[name]].path),
-                      probability(annot_scores[best[name]])) for rank, name in enumerate(order, start=1)]
-
-
-def best_annotations(annot_scores: Sequence[float], annotations: Sequence[Annotation]) -> Dict[str, int]:
-    """Per individual, the position of its best-scoring annotation (the first one on a tie)."""
-    best: Dict[str, int] = {}
-    for pos, (score, annot) in enumerate(zip(annot_scores, annotations)):
-        if annot.individual not in best or score > annot_scores[best[annot.individual]]:
-            best[annot.individual] = pos
-    return best
+    rows = []
+    for row in ranking:
+        annot = annotations[row.best]
+        probability = None
+        if calibration is not None and raw_scores is not None:
+            probability = float(calibration.probability(float(raw_scores[row.best])))
+        rows.append(Candidate(row.rank, str(row.individual), annot.name, row.score, str(annot.path), probability))
+    return rows
 
 
 def main(
@@ -141,80 +131,33 @@ def main(
     config = resolve_config(config)
     require_writable(*(Path(p).parent for p in (json_path, csv_path) if p is not None))
     logger.info("identify %s against %s (config %s)", query, database, config.fingerprint)
-    store = FeatureStore(cache_dir)
     query_annot = Annotation(Path(query), "?")
     if not query_annot.path.is_file():
         what = "is not a regular file" if query_annot.path.exists() else "does not exist"
         raise DatasetError(f"query image {query} {what}")
-    dataset = database if isinstance(database, Dataset) else load_dataset(database)
-    if config["shortlist_k"] > 0:
-        annots, feats, scores, q_report, report, calibration = _two_stage(query_annot, dataset, store, config,
-                                                                          progress)
-    else:
-        annots, feats, scores, q_report, report, calibration = _exhaustive(query_annot, dataset, store, config,
-                                                                           progress)
-    ranking = rank_individuals(scores, annots, config["name_score"], calibration)
-    result = Identification(str(query), ranking,
-                            loaded=q_report.loaded + report.loaded, extracted=q_report.extracted + report.extracted,
-                            skipped=report.failed)
+    source = store_source(database, config, cache_dir, progress=progress)
+    scored = score_query(query_annot, source, config)
+    if scored.mode == "two_stage":
+        logger.info("two-stage: LightGlue on %d of %d annotations", int(scored.matched.sum()), len(scored.candidates))
+    calibration = calibration_for(config)
+    ranking = rank_individuals(scored.scores.tolist(), [a.individual for a in scored.candidates], config["name_score"])
+    db, q = source.database_report, source.query_report
+    result = Identification(str(query), candidate_rows(scored.candidates, ranking, scored.lightglue, calibration),
+                            loaded=q.loaded + db.loaded, extracted=q.extracted + db.extracted, skipped=db.failed)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
     if csv_path is not None:
         _write_csv(csv_path, result.candidates[:top] if top else result.candidates)
     if report_path is not None:
-        best = best_annotations(scores, annots)
-        shown_annots = [annots[best[c.individual]] for c in ranking[:top or DEFAULT_TOP]]
-        shown_feats = _features_of(shown_annots, annots, feats, store, config)
+        shown_rows = ranking[:top or DEFAULT_TOP]
+        shown_annots = [scored.candidates[row.best] for row in shown_rows]
         shown = [html_report.ShownCandidate(c.rank, c.individual, annot, c.score, c.probability, f)
-                 for c, annot, f in zip(ranking, shown_annots, shown_feats)]
-        q_feats = annotation_features([query_annot], store, config, progress=False, on_error="raise").features[0]
-        query_shown = html_report.ShownQuery(query_annot, shown, q_feats)
+                 for c, annot, f in zip(result.candidates, shown_annots, source.features(shown_annots))]
+        query_shown = html_report.ShownQuery(query_annot, shown, source.features([query_annot], on_error="raise")[0])
         result.report = html_report.identification_report(
-            report_path, query_shown, config, database=str(dataset.source), compared=len(annots),
-            skipped=report.failed, calibration=calibration)
+            report_path, query_shown, config, database=str(source.database.source), compared=len(scored.candidates),
+            skipped=db.failed, calibration=calibration)
     return result
-
-
-Scored = Tuple[List[Annotation], Optional[List[Dict[str, Any]]], List[float], StoreReport, StoreReport,
-               Optional[Calibration]]
-
-
-def _exhaustive(query_annot: Annotation, dataset: Dataset, store: FeatureStore, config: Config,
-                progress: bool) -> Scored:
-    """One-stage mode: LightGlue against every database annotation (raw scores, calibrated when possible)."""
-    query_stored = annotation_features([query_annot], store, config, progress=False, on_error="raise")
-    stored = annotation_features(dataset.annotations, store, config, progress=progress)
-    others = [i for i, key in enumerate(stored.keys) if key != query_stored.keys[0]]
-    if len(others) < len(stored.annotations):
-        logger.info("the query photo is itself in the database; it is left out of the ranking")
-    if not others:
-        raise DatasetError(f"database {dataset.source} has no usable annotation besides the query")
-    annots, feats = [stored.annotations[i] for i in others], [stored.features[i] for i in others]
-    scores = match_scores(query_stored.features[0], feats, config, progress=progress)
-    logger.info("query features %s; database: %d loaded, %d extracted", "extracted" if query_stored.report.extracted
-                else "loaded", stored.report.loaded, stored.report.extracted)
-    return annots, feats, scores, query_stored.report, stored.report, load_calibration(config)
-
-
-def _two_stage(query_annot: Annotation, dataset: Dataset, store: FeatureStore, config: Config,
-               progress: bool) -> Scored:
-    """Two-stage mode (``shortlist_k`` > 0): stage-1 index, LightGlue on the shortlist, fused scores."""
-    annots, scored, report = two_stage_query(query_annot, dataset.annotations, store, config,
-                                             persist_as=dataset.source, progress=progress)
-    logger.info("two-stage: LightGlue on %d of %d annotations", int(scored.shortlisted.sum()), len(annots))
-    # no calibration: it maps raw LightGlue scores, and fused scores are not on that scale
-    return annots, None, scored.fused.tolist(), StoreReport(), report, None
-
-
-def _features_of(shown: Sequence[Annotation], annots: Sequence[Annotation],
-                 feats: Optional[Sequence[Dict[str, Any]]], store: FeatureStore, config: Config) -> List[Any]:
-    """ALIKED features of the annotations shown in the report (from memory, else from the store)."""
-    if feats is not None:
-        position = {id(a): k for k, a in enumerate(annots)}
-        return [feats[position[id(a)]] for a in shown]
-    stored = annotation_features(list(shown), store, config, progress=False)
-    by_annotation = {id(a): f for a, f in zip(stored.annotations, stored.features)}
-    return [by_annotation.get(id(a)) for a in shown]
 
 
 def _write_csv(path: Union[str, Path], candidates: Sequence[Candidate]) -> None:

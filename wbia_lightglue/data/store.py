@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..engine.config import Config
 from ..engine.device import DeviceLike
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
-from ..engine.stage1 import Stage1Index, extract_stage1_features
+from ..engine.stage1 import Stage1Index, extract_stage1_features, synced_index
 from ..files import atomic_write, remove_stale_temp_files
 from .dataset import Annotation
 from .images import BBox, ImageReadError, decode_image, image_size, read_image_bytes
@@ -315,18 +315,9 @@ def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config,
     """
     name = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
     path = store.root / "shortlist" / config.shortlist_fingerprint / f"{name}.npz"
-    index: Optional[Stage1Index] = None
-    if persist and path.is_file():
-        try:
-            index = Stage1Index.load(path, config, device=device)
-        except ValueError as exc:
-            logger.warning("%s; rebuilding it", exc)
-    if index is None:
-        index = Stage1Index(config, device=device)
     by_key = dict(zip(stored.keys, stored.features))
-    added, removed = index.sync(list(by_key), lambda keys: [by_key[k] for k in keys])
+    index, added, removed = synced_index(path if persist else None, config, list(by_key),
+                                         lambda keys: [by_key[k] for k in keys], device=device)
     logger.info("stage-1 index %s: %d annotations (%d added, %d removed), %s, %d vectors",
                 path if persist else "(in memory)", len(index), added, removed, index.kind, index.num_vectors)
-    if persist and (added or removed or not path.is_file()):
-        index.save(path)
     return index

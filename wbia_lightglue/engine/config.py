@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union
 
 DEFAULT_CONFIG_DIR = Path(os.environ.get("WBIA_LIGHTGLUE_CONFIG_DIR", "/v_config/lightglue"))
 DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "config.json"
@@ -152,6 +152,10 @@ RANKING_KEYS = ("shortlist_k", "shortlist_source", "shortlist_knn", "shortlist_n
 SHORTLIST_CODE_VERSION = 1
 
 
+# exhaustive: LightGlue against every database annotation; two_stage: stage 1, LightGlue on its shortlist, fusion
+Mode = Literal["exhaustive", "two_stage"]
+
+
 class Config(Mapping):
     """Read-only effective configuration (a mapping; keys are also attributes).
 
@@ -228,12 +232,21 @@ class Config(Mapping):
                        **{k: self._values[k] for k in SHORTLIST_INDEX_KEYS}})
 
     @property
+    def mode(self) -> Mode:
+        """How a query is identified under this config; THE one place that decides it.
+
+        ``"two_stage"`` when ``shortlist_k`` > 0 (stage 1 ranks the database, LightGlue scores its top
+        ``shortlist_k``, the scores are fused), else ``"exhaustive"`` (LightGlue against every annotation).
+        """
+        return "two_stage" if self._values["shortlist_k"] > 0 else "exhaustive"
+
+    @property
     def ranking_fingerprint(self) -> str:
         """Digest of everything that changes the final ranking: match scores, stage 1 and fusion.
 
         With ``shortlist_k = 0`` (exhaustive) the stage-1 and fusion keys do not matter and are left out.
         """
-        if self._values["shortlist_k"] == 0:
+        if self.mode == "exhaustive":
             return digest({"match": self.match_fingerprint, "name_score": self._values["name_score"]})
         return digest({"match": self.match_fingerprint, "shortlist": self.shortlist_fingerprint,
                        **{k: self._values[k] for k in RANKING_KEYS}})

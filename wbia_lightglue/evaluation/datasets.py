@@ -1,22 +1,24 @@
-"""A labelled dataset through the protocol: features from the store, every comparable pair scored once,
-the report with the run's settings, and its files (``report.json``, ``cmc.png``)."""
+"""A labelled dataset through the pipeline and the protocol: features from the store, every annotation
+identified against the others of its group (each LightGlue pair scored once), the report with the run's
+settings, and its files (``report.json``, ``cmc.png``)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.dataset import Annotation, Dataset, DatasetError
-from ..data.store import FeatureStore, StoreReport, annotation_features, shortlist_index
-from ..engine.config import Config, ConfigError
-from ..engine.fusion import TwoStageScores, two_stage_scores
+from ..data.dataset import Dataset
+from ..data.store import FeatureStore, StoreReport, annotation_features
+from ..engine.config import Config, Mode
 from ..engine.scoring import match_scores
 from ..engine.stage1 import Stage1Index, empty_stage1_features
+from ..pipeline import SymmetricPairs, score_matrix
+from ..pipeline.files import check_stage1_source
 from .plots import plot_cmc
-from .protocol import DEFAULT_RANKS, EvaluationReport, evaluate_scores, score_feature_pairs
+from .protocol import DEFAULT_RANKS, EvaluationReport, evaluate_scores, same_group
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -41,31 +43,66 @@ def score_dataset(
     cache_dir: Union[str, Path, None] = None,
     progress: bool = True,
 ) -> DatasetScores:
-    """Features from the store (extracting what is missing), then the score of every comparable pair."""
+    """Features from the store (extracting what is missing), then every annotation through the pipeline
+    against the others of its group (``pipeline.score_matrix``)."""
+    check_stage1_source(config)  # before any extraction
     if group_by is not None:
         data.column(group_by)  # fail on a missing column before any extraction
     logger.info("scoring %s: %d annotations (config %s)", data.source, len(data), config.fingerprint)
-    stored = annotation_features(data.annotations, FeatureStore(cache_dir), config, progress=progress)
+    store = FeatureStore(cache_dir)
+    stored = annotation_features(data.annotations, store, config, progress=progress)
     kept = Dataset(data.source, stored.annotations)
     groups = kept.column(group_by) if group_by is not None else None
 
-    if config["shortlist_k"] == 0:
-        scores = score_feature_pairs(stored.features, config, groups=groups, progress=progress)
-        return DatasetScores(kept, scores, groups, stored.report)
-    check_shortlist_source(config)
-    s1 = annotation_features(kept.annotations, FeatureStore(cache_dir), config, progress=progress, kind="stage1")
-    by_key = dict(zip(s1.keys, s1.features))
-    s1_feats = [by_key.get(key, empty_stage1_features()) for key in stored.keys]
-    stage1 = stage1_matrix(s1_feats, config, groups)
-    fused, lightglue = two_stage_matrix(stage1, stored.features, config, progress=progress)
-    return DatasetScores(kept, fused, groups, stored.report, stage1, lightglue)
+    def stage1_features() -> List[Mapping[str, Any]]:  # read only in two-stage mode
+        s1 = annotation_features(kept.annotations, store, config, progress=progress, kind="stage1")
+        by_key = dict(zip(s1.keys, s1.features))
+        return [by_key.get(key, empty_stage1_features()) for key in stored.keys]
+
+    source = DatasetSource(stored.features, config, groups=groups, stage1_features=stage1_features)
+    matrices = score_matrix(len(kept), source, config, progress=progress)
+    return DatasetScores(kept, matrices.scores, groups, stored.report, matrices.stage1, matrices.lightglue)
 
 
-def check_shortlist_source(config: Config) -> None:
-    """Outside WBIA the stage-1 source can only be the project's own index."""
-    if config["shortlist_source"] != "index":
-        raise ConfigError(f"config key 'shortlist_source' has value {config['shortlist_source']!r}: HotSpotter "
-                          "is WBIA's and only available inside WBIA; use 'index' here")
+class DatasetSource:
+    """The pipeline's source for an evaluation: item i of a dataset against the others of its group.
+
+    Stage 1 is leave-one-out over one index per group (``stage1_matrix``), computed on first use from
+    ``stage1_features()`` or given as ``stage1``. LightGlue scores each unordered pair once
+    (``pipeline.SymmetricPairs``) with ``match_scores`` on ``features``, or ``pair_scores(i, [j, ...])``.
+    """
+
+    def __init__(self, features: Sequence[Mapping[str, Any]], config: Config, *,
+                 groups: Optional[Sequence[Any]] = None,
+                 stage1_features: Optional[Callable[[], Sequence[Mapping[str, Any]]]] = None,
+                 stage1: Optional[np.ndarray] = None,
+                 pair_scores: Optional[Callable[[int, List[int]], Sequence[float]]] = None):
+        self.features, self.config, self.groups = features, config, groups
+        self._stage1_features, self._stage1 = stage1_features, stage1
+        self._pairs = SymmetricPairs(pair_scores or self._match)
+
+    def _match(self, i: int, partners: List[int]) -> Sequence[float]:
+        return match_scores(self.features[i], [self.features[j] for j in partners], self.config)
+
+    @property
+    def stage1(self) -> np.ndarray:
+        if self._stage1 is None:
+            if self._stage1_features is None:
+                raise ValueError("two-stage mode needs stage-1 features or a stage-1 matrix")
+            self._stage1 = stage1_matrix(self._stage1_features(), self.config, self.groups)
+        return self._stage1
+
+    def candidates(self, query: int, mode: Mode) -> List[int]:
+        others = [j for j in range(len(self.features)) if j != query and same_group(self.groups, query, j)]
+        if mode == "two_stage":
+            others = [j for j in others if not np.isnan(self.stage1[query, j])]
+        return others
+
+    def stage1_scores(self, query: int, candidates: Sequence[int]) -> np.ndarray:
+        return self.stage1[query, list(candidates)]
+
+    def lightglue_scores(self, query: int, candidates: Sequence[int]) -> List[float]:
+        return self._pairs(query, candidates)
 
 
 def stage1_matrix(features: Sequence[Mapping[str, Any]], config: Config,
@@ -88,76 +125,6 @@ def stage1_matrix(features: Sequence[Mapping[str, Any]], config: Config,
             others = [j for j in group if j != i]
             scores[i, others] = index.search(features[i], exclude=[str(i)]).ranked([str(j) for j in others])
     return scores
-
-
-def two_stage_matrix(stage1: np.ndarray, features: Sequence[Mapping[str, Any]], config: Config, *,
-                     progress: bool = True,
-                     pair_scores: Optional[Callable[[int, List[int]], Sequence[float]]] = None,
-                     ) -> Tuple[np.ndarray, np.ndarray]:
-    """(fused, lightglue) matrices from a stage-1 matrix: each query row through ``two_stage_scores``.
-
-    LightGlue runs only on each query's shortlist; an unordered pair is matched once and reused in the
-    other direction (its score is symmetric up to float rounding). ``pair_scores(i, [j, ...])`` replaces
-    the matcher (default: ``match_scores`` on ``features``). NaN = not compared / not matched.
-    """
-    from tqdm.auto import tqdm
-
-    n = len(stage1)
-    cache: Dict[Tuple[int, int], float] = {}
-
-    def matched(i: int, partners: List[int]) -> List[float]:
-        todo = [j for j in partners if (min(i, j), max(i, j)) not in cache]
-        if todo:
-            values = pair_scores(i, todo) if pair_scores else match_scores(features[i], [features[j] for j in todo],
-                                                                           config)
-            cache.update({(min(i, j), max(i, j)): float(v) for j, v in zip(todo, values)})
-        return [cache[(min(i, j), max(i, j))] for j in partners]
-
-    fused, lightglue = np.full((n, n), np.nan), np.full((n, n), np.nan)
-    for i in tqdm(range(n), desc="two-stage", unit="query", disable=not progress):
-        others = [j for j in range(n) if j != i and not np.isnan(stage1[i, j])]
-        if not others:
-            continue
-        def lightglue_of(pos: List[int], i: int = i, others: List[int] = others) -> List[float]:
-            return matched(i, [others[p] for p in pos])
-
-        result: TwoStageScores = two_stage_scores({}, [], stage1[i, others], config, lightglue=lightglue_of)
-        fused[i, others] = result.fused
-        lightglue[i, [others[p] for p in np.flatnonzero(result.shortlisted)]] = result.lightglue[result.shortlisted]
-    return fused, lightglue
-
-
-def two_stage_query(query: Annotation, database: Sequence[Annotation], store: FeatureStore, config: Config, *,
-                    persist_as: Union[str, Path], progress: bool = True,
-                    ) -> Tuple[List[Annotation], TwoStageScores, StoreReport]:
-    """Two-stage scores of one query photo against a database (``wbia-lightglue identify``).
-
-    Stage 1 uses the database's persisted index (``data.store.shortlist_index``); ALIKED features are
-    read or extracted for the query and the shortlisted annotations only. The query photo is left out of
-    the database when it is part of it. Returns the database annotations ranked over, their scores, and
-    what the store did for the database's stage-1 features.
-    """
-    check_shortlist_source(config)
-    q_s1 = annotation_features([query], store, config, progress=False, on_error="raise", kind="stage1")
-    db_s1 = annotation_features(list(database), store, config, progress=progress, kind="stage1")
-    index = shortlist_index(store, db_s1, config, persist_as)
-    others = [i for i, key in enumerate(db_s1.keys) if key != q_s1.keys[0]]
-    if not others:
-        raise DatasetError("the database has no usable annotation besides the query")
-    annots = [db_s1.annotations[i] for i in others]
-    keys = [db_s1.keys[i] for i in others]
-    stage1 = index.search(q_s1.features[0], exclude=q_s1.keys).ranked(keys)
-    q_feats = annotation_features([query], store, config, progress=False, on_error="raise").features[0]
-
-    def lightglue(positions: List[int]) -> List[float]:
-        stored = annotation_features([annots[p] for p in positions], store, config, progress=False)
-        by_key = dict(zip(stored.keys, stored.features))
-        keys_at = [keys[p] for p in positions]
-        usable = [k for k in keys_at if k in by_key]
-        values = dict(zip(usable, match_scores(q_feats, [by_key[k] for k in usable], config, progress=progress)))
-        return [values.get(k, 0.0) for k in keys_at]  # no ALIKED features: LightGlue scores 0
-
-    return annots, two_stage_scores(q_feats, [], stage1, config, lightglue=lightglue), db_s1.report
 
 
 def evaluate(scored: DatasetScores, config: Config, ranks: Sequence[int] = DEFAULT_RANKS,

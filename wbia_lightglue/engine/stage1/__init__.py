@@ -9,7 +9,7 @@ A query's stage-1 scores rank every database annotation; the pipeline (:mod:`wbi
 sends the top ``shortlist_k`` (the shortlist) to LightGlue. Config keys of this stage are ``shortlist_*``.
 """
 from .features import DIM, empty_stage1_features, extract_stage1_features, rootsift
-from .index import Stage1Index, Stage1Scores, build_index, stage1_device
+from .index import Stage1Index, Stage1Scores, build_index, stage1_device, synced_index
 
 __all__ = ["DIM", "Stage1Index", "Stage1Scores", "build_index", "empty_stage1_features",
-           "extract_stage1_features", "rootsift", "stage1_device"]
+           "extract_stage1_features", "rootsift", "stage1_device", "synced_index"]

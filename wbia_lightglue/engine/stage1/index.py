@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -332,8 +332,11 @@ class Stage1Index:
                 index._kind, index._trained_on = str(data["kind"]), int(data["trained_on"])
                 blob = data["faiss"]
                 index._faiss = faiss.deserialize_index(blob) if blob.size else None
-        except (OSError, KeyError, EOFError) as exc:
-            raise ValueError(f"stage-1 index {path} is unreadable: {exc}") from exc
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file raises BadZipFile, EOFError, KeyError, OSError,
+            # FAISS's RuntimeError, MemoryError (a flipped size) ...: all mean "rebuild it"
+            raise ValueError(f"stage-1 index {path} is unreadable ({type(exc).__name__}: {str(exc)[:100]})") from exc
         index._slot_of = {k: i for i, k in enumerate(index._slots) if k in index._desc}
         if index._faiss is not None and index._kind != "flat":
             index._faiss.nprobe = min(index.nprobe, index._faiss.nlist)
@@ -351,6 +354,34 @@ class Stage1Index:
         if self._faiss is None:
             self._rebuild()
         return added, removed
+
+
+def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
+                 features_of: Callable[[List[str]], Sequence[Mapping[str, Any]]], *,
+                 device: Any = None) -> Tuple[Stage1Index, int, int]:
+    """The index saved at ``path``, brought in step with ``keys``, and saved again when it changed.
+
+    Load -> sync -> save, the one implementation (the standalone store and WBIA's database both use it):
+    a file built under another stage-1 config, or damaged (truncated, flipped bytes, garbage arrays), is
+    reported once with its path and rebuilt; a failed save (full disk, read-only) warns and the run goes on
+    with the index in memory. ``path`` None: in memory only. Returns (index, added, removed).
+    """
+    index: Optional[Stage1Index] = None
+    if path is not None and path.is_file():
+        try:
+            index = Stage1Index.load(path, config, device=device)
+        except ValueError as exc:
+            logger.warning("%s; rebuilding it", exc)
+    if index is None:
+        index = Stage1Index(config, device=device)
+    added, removed = index.sync(list(keys), features_of)
+    if path is not None and (added or removed or not path.is_file()):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            index.save(path)
+        except OSError as exc:
+            logger.warning("stage-1 index %s could not be saved (%s); it is rebuilt next time", path, exc)
+    return index, added, removed
 
 
 def stage1_device(config: Config, device: Any = None) -> Optional[str]:
