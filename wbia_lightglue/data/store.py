@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..engine.config import Config
 from ..engine.device import DeviceLike
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
+from ..engine.match_types import failure
 from ..engine.stage1 import Stage1Index, extract_stage1_features, synced_index
 from ..files import atomic_write, remove_stale_temp_files
 from .dataset import Annotation
@@ -231,9 +232,10 @@ class FeatureStore:
         except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
             raise ImageReadError(str(exc)) from exc
         for pos, out in zip(positions, outputs):
-            if "error" in out:  # e.g. a chip too small to use (core has logged it): skipped like a bad file
+            error = failure(out)
+            if error is not None:  # e.g. a chip too small to use (core has logged it): skipped like a bad file
                 keys[pos] = None
-                report.failed.append(out["error"])
+                report.failed.append(error)
                 continue
             self.save(keys[pos], self.fingerprint(config, kind), out)  # type: ignore[arg-type]
             feats[pos] = out

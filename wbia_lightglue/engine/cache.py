@@ -13,7 +13,7 @@ import numpy as np
 
 from .config import Config
 from .extraction import features_nbytes
-from .match_types import MatchResult
+from .match_types import MatchResult, failure
 
 
 def _frozen(feats: Mapping[str, Any]) -> Dict[str, Any]:
@@ -142,10 +142,10 @@ class FeatureCache(_BoundedLRU):
                     "evictions": self.evictions, "max_size": self.max_entries, "max_bytes": self.max_bytes}
 
 
-def cacheable(feats: dict) -> bool:
+def cacheable(feats: Mapping[str, Any]) -> bool:
     """Whether features may be kept: not those of a chip that failed (``error``: the image may be readable
     later) nor those computed while their annotation changed (``stale``)."""
-    return "error" not in feats and not feats.get("stale", False)
+    return failure(feats) is None and not feats.get("stale", False)
 
 
 def _owner(key: Any) -> Any:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import Config, ConfigLike, resolve_config
 from .device import DeviceLike, OutOfDeviceMemory, release_device_memory, resolve_device
+from .match_types import Features
 from .models import get_extractor
 
 if TYPE_CHECKING:
@@ -110,9 +111,9 @@ def _resize_antialias(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     return (out[0].permute(1, 2, 0) * 255).numpy().astype(np.float32)
 
 
-def empty_features(config: Config, image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> dict:
+def empty_features(config: Config, image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> Features:
     """Features of an annotation with no keypoints (every score against it is 0)."""
-    feats = {
+    feats: Features = {
         "keypoints": np.zeros((0, 2), np.float32),
         "descriptors": np.zeros((0, 128), np.float32),
         "keypoint_scores": np.zeros((0,), np.float32),
@@ -129,7 +130,7 @@ def features_nbytes(feats: Mapping[str, Any]) -> int:
     return sum(v.nbytes for v in feats.values() if isinstance(v, np.ndarray))
 
 
-def _run_aliked(extractor: Any, images: List[np.ndarray], device: "torch.device") -> List[dict]:
+def _run_aliked(extractor: Any, images: List[np.ndarray], device: "torch.device") -> List[Features]:
     """ALIKED on RGB uint8 images (one batch, zero-padded to the largest; DKD masks the padding)."""
     import torch
 
@@ -147,11 +148,13 @@ def _run_aliked(extractor: Any, images: List[np.ndarray], device: "torch.device"
         module.dkd.top_k = candidates
     with torch.no_grad():
         out = module({"image": batch, "image_size": sizes if len(images) > 1 else None})
-    return [{k: out[k][i].float().cpu().numpy() for k in ("keypoints", "descriptors", "keypoint_scores")}
-            for i in range(len(images))]
+    return [Features(keypoints=out["keypoints"][i].float().cpu().numpy(),
+                     descriptors=out["descriptors"][i].float().cpu().numpy(),
+                     keypoint_scores=out["keypoint_scores"][i].float().cpu().numpy()) for i in range(len(images))]
 
 
-def _run_aliked_or_none(extractor: Any, images: List[np.ndarray], device: "torch.device") -> Optional[List[dict]]:
+def _run_aliked_or_none(extractor: Any, images: List[np.ndarray],
+                        device: "torch.device") -> Optional[List[Features]]:
     """_run_aliked, or None when the device ran out of memory (the caller retries once it is released)."""
     import torch
 
@@ -179,7 +182,7 @@ def extract_features(
     on_error: OnError = "skip",
     batch_size: Optional[int] = None,
     progress: bool = True,
-) -> List[dict]:
+) -> List[Features]:
     """ALIKED keypoints and descriptors for each chip, in input order.
 
     Args:
@@ -204,7 +207,7 @@ def extract_features(
     if len(keys) != len(chips):
         raise ValueError(f"{len(chips)} chips but {len(keys)} keys")
     device = resolve_device(config, device)
-    results: List[Optional[dict]] = [None] * len(chips)
+    results: List[Optional[Features]] = [None] * len(chips)
     prepared = []  # (position, resized RGB, scale, original (w, h))
     for pos, (chip, key) in enumerate(zip(chips, keys)):
         try:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple, TypedDict
 
 import numpy as np
 
@@ -51,4 +51,38 @@ class LayerScores:
 
 
 LayerHook = Callable[[LayerScores], None]
-Features = Mapping[str, Any]  # a feature dict (engine.extraction): keypoints, descriptors, image_size, ...
+
+
+class Features(TypedDict, total=False):
+    """ALIKED features of one chip (``engine.extraction``): LightGlue's input, one record per annotation.
+
+    Usable features have no ``error``. A chip that could not be used (unreadable image, empty or too small
+    crop) gets empty arrays and ``error`` saying why: every score against it is 0, and it is never cached
+    or stored, so a later run tries again. ``stale`` (WBIA): computed while the annotation was edited;
+    used for this request, never cached.
+    """
+
+    keypoints: np.ndarray  # [N x 2] float32, (x, y) in the chip's pixels
+    descriptors: np.ndarray  # [N x 128] float32
+    keypoint_scores: np.ndarray  # [N] float32
+    image_size: np.ndarray  # (width, height) of the chip, int64
+    fingerprint: str  # config.feature_fingerprint they were extracted under
+    error: Optional[str]
+    stale: bool
+
+
+class Stage1Features(TypedDict, total=False):
+    """Stage-1 features of one chip (``engine.stage1.features``); ``error`` as in :class:`Features`."""
+
+    keypoints: np.ndarray  # [N x 2] float32, chip pixels
+    descriptors: np.ndarray  # [N x 128] uint8 (Hessian-affine SIFT or RootSIFT)
+    image_size: np.ndarray  # (width, height), int64
+    error: Optional[str]
+
+
+FeatureMapping = Mapping[str, Any]  # what the matcher reads: a Features record, or a dict with its arrays
+
+
+def failure(features: Mapping[str, Any]) -> Optional[str]:
+    """Why a feature record is empty (its ``error``), or None when it is usable."""
+    return features.get("error")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .device import OutOfDeviceMemory, release_device_memory
-from .match_types import Features, LayerHook, LayerScores, MatchResult, MatchSettings
+from .match_types import FeatureMapping, LayerHook, LayerScores, MatchResult, MatchSettings
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -224,7 +224,7 @@ class BatchedLightGlue:
     def _encode(self, kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         return self.model.posenc(normalize_keypoints(kpts, size))
 
-    def _database_side(self, feats: Sequence[Features], length: int) -> _Side:
+    def _database_side(self, feats: Sequence[FeatureMapping], length: int) -> _Side:
         """Pad a batch of database feature sets to ``length`` points."""
         b, dim = len(feats), self.model.conf.input_dim
         kpts = torch.zeros(b, length, 2, device=self.device)
@@ -240,7 +240,7 @@ class BatchedLightGlue:
         index = torch.arange(length, device=self.device).expand(b, -1)
         return _Side(self.model.input_proj(desc), enc, alive, index)
 
-    def _query_side(self, query: Features) -> _Side:
+    def _query_side(self, query: FeatureMapping) -> _Side:
         m = len(query["keypoints"])
         kpts = self._tensor(query["keypoints"])[None]
         size = self._tensor(np.asarray(query["image_size"], dtype=np.float32))[None]
@@ -253,8 +253,8 @@ class BatchedLightGlue:
     @torch.no_grad()
     def match(
         self,
-        query: Features,
-        database: Sequence[Features],
+        query: FeatureMapping,
+        database: Sequence[FeatureMapping],
         settings: MatchSettings = MatchSettings(),
         *,
         batch_size: Optional[int] = None,
@@ -335,7 +335,7 @@ class BatchedLightGlue:
         return 1 << 30
 
     # ------------------------------------------------------------------ the forward
-    def _match_batch(self, query_side: _Side, feats: Sequence[Features], m: int, settings: MatchSettings,
+    def _match_batch(self, query_side: _Side, feats: Sequence[FeatureMapping], m: int, settings: MatchSettings,
                      layer_hook: Optional[LayerHook] = None) -> List[Tuple[int, MatchResult]]:
         """Results of one padded batch as (row in ``feats``, result) pairs, in the order pairs finish."""
         b = len(feats)

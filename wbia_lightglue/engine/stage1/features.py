@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import ConfigLike, resolve_config
 from ..extraction import InvalidChipError, OnError, check_on_error, prepare_chip
+from ..match_types import Stage1Features
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -26,8 +27,8 @@ def rootsift(descriptors: np.ndarray) -> np.ndarray:
     return np.clip(np.round(desc * ROOTSIFT_SCALE), 0, 255).astype(np.uint8)
 
 
-def empty_stage1_features(image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> dict:
-    feats = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, DIM), np.uint8),
+def empty_stage1_features(image_size: Tuple[int, int] = (0, 0), error: Optional[str] = None) -> Stage1Features:
+    feats: Stage1Features = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, DIM), np.uint8),
              "image_size": np.asarray(image_size, np.int64)}
     if error:
         feats["error"] = error
@@ -40,7 +41,7 @@ def extract_stage1_features(
     keys: Optional[Sequence[Any]] = None,
     *,
     on_error: OnError = "skip",
-) -> List[dict]:
+) -> List[Stage1Features]:
     """Stage-1 features of each chip (BGR uint8), in input order.
 
     Returns dicts with ``keypoints`` [N x 2] float32 (x, y in the chip's pixels), ``descriptors`` [N x 128]
