@@ -18,6 +18,9 @@ Optional score screening (``MatchSettings.screen = (layer, min_score)``) adds on
 ``layer`` layers, a pair whose confidence sum is below ``min_score`` is scored there, exactly as
 upstream's forward cut at that layer would score it. In one-vs-many identification most pairs are
 different animals, and they are the ones it stops early.
+
+This module is over 400 lines because it is one readable model file, as upstream's ``lightglue.py`` is: the
+batched forward, its masks and its exits only make sense read together.
 """
 from __future__ import annotations
 

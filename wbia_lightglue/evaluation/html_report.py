@@ -14,6 +14,9 @@ photos are downsized before anything is drawn (THUMB_PX, QUERY_PX, PICTURE_PX; J
 the candidates shown (one batched LightGlue call with ``return_matches`` per shown query; the ranking
 itself comes from scores the caller already has), and an evaluation draws at most ``max_queries``
 queries (the others are counted and listed, without pictures, in the table of all queries).
+
+This module is over 400 lines because the page's markup, its stylesheet and the data it shows are kept in one
+place (one self-contained page, one template); the pictures come from ``drawing``.
 """
 from __future__ import annotations
 
