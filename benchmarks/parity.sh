@@ -7,7 +7,7 @@ OLD=$(cd "$1" && pwd); NEW=$(cd "$2" && pwd); OUT=${3:-/tmp/parity}
 DATA=$(cd "$(dirname "$0")/../../shared/data/nyala" && pwd)
 PY=${PY:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 SETTINGS=(--keypoints 256 --image-size 320 --device cpu -q)
-QUERIES=(images/100/124_leftphoto.jpg images/101/127_leftphoto.jpg images/102/130_rightphoto.jpg)
+QUERIES=(images/100/124_leftphoto.jpg images/101/125_leftphoto.jpg images/102/126_rightphoto.jpg)
 rm -rf "$OUT"; mkdir -p "$OUT"
 head -1 "$DATA/labels.csv" > "$OUT/subset.csv"
 grep -E '^images/10[0-5]/' "$DATA/labels.csv" | sed "s|^|$DATA/|" >> "$OUT/subset.csv"
