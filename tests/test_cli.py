@@ -337,7 +337,7 @@ def test_identify_two_stage_uses_the_persisted_index_and_the_engines_fusion(data
     store = data / "store"
     matched = []
     real = scoring.match_scores
-    monkeypatch.setattr("wbia_lightglue.evaluation.datasets.match_scores",
+    monkeypatch.setattr("wbia_lightglue.pipeline.files.match_scores",
                         lambda q, db, *a, **kw: matched.append(len(db)) or real(q, db, *a, **kw))
     code, out, err = run_cli(capsys, "identify", data / "query-ind2.png", data / "db", "--cache-dir", store,
                              "--shortlist", "2", "--json", data / "r.json", *TINY)
