@@ -13,6 +13,10 @@ Problems with the collection itself (missing folder, missing columns, malformed 
 ``DatasetError`` before any image is read, naming every bad line (up to ``MAX_REPORTED_ROWS``); a
 single image that cannot be read raises ``images.ImageReadError`` when read, so callers can skip it
 and go on with the others.
+
+Queries (``load_queries``, for ``identify QUERIES``) are read by the same rules without labels: one photo, a
+folder searched at any depth for image files (``is_image_file``), or a CSV whose only required column is
+``path`` (``individual``, the box and other columns are read as above when present).
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ from .images import IMAGE_SUFFIXES, BBox
 logger = logging.getLogger("wbia_lightglue")
 
 REQUIRED_COLUMNS = ("path", "individual")
+QUERY_COLUMNS = ("path",)  # a query CSV: the individual is what is asked
+UNKNOWN = "?"  # the individual of a query that has none
 BBOX_COLUMNS = ("x", "y", "w", "h")
 MAX_CSV_BYTES = 64 << 20  # ~500,000 rows of typical length
 MAX_BBOX_VALUE = 1 << 20  # pixels; OpenCV decodes at most 2**30 pixels, so no side reaches this
@@ -116,20 +122,61 @@ def load_dataset(source: Union[str, Path]) -> Dataset:
     return dataset
 
 
+def load_queries(source: Union[str, Path]) -> Dataset:
+    """Photos to identify: one photo, a folder (any depth, natural order) or a CSV with a ``path`` column.
+
+    A file whose name ends in ``.csv`` is a CSV; any other file is a photo (read, and refused if unreadable,
+    only when it is identified). Queries have the individual ``UNKNOWN`` unless the CSV names one.
+    """
+    source = Path(source)
+    if source.is_dir():
+        dataset = Dataset(source, [Annotation(path, UNKNOWN) for path in image_files(source)])
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        dataset = _load_csv(source, QUERY_COLUMNS)
+    elif source.is_file():
+        dataset = Dataset(source, [Annotation(source, UNKNOWN)])
+    elif source.exists():
+        raise DatasetError(f"queries {source} is not a folder or a regular file")
+    else:
+        raise DatasetError(f"queries {source} does not exist (expected a photo, a folder or a CSV file)")
+    if not dataset.annotations:
+        raise DatasetError(f"queries {source} holds no images")
+    logger.info("queries %s: %d photos", source, len(dataset))
+    return dataset
+
+
+def is_image_file(path: Path) -> bool:
+    """A regular file with one of the image suffixes (``images.IMAGE_SUFFIXES``, any case)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def image_files(root: Path) -> List[Path]:
+    """Every image file under ``root`` at any depth, in natural order of the path below ``root``.
+
+    Hidden files and folders (a leading dot) are left out, and symbolic links to folders are not followed.
+    """
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [path for path in (Path(folder) / name for name in files if not name.startswith("."))
+                  if is_image_file(path)]
+    return sorted(found, key=lambda p: [natural_key(part) for part in p.relative_to(root).parts])
+
+
 def _load_folder(root: Path) -> Dataset:
     annotations = []
     for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
         for image in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-            if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(image):
                 annotations.append(Annotation(image, folder.name))
-    stray = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    stray = [p.name for p in root.iterdir() if is_image_file(p)]
     if stray:  # an image outside any individual's folder has no label: say so rather than guess
         logger.warning("%s: %d images outside an <individual>/ folder are ignored (e.g. %s)",
                        root, len(stray), stray[0])
     return Dataset(root, annotations)
 
 
-def _load_csv(path: Path) -> Dataset:
+def _load_csv(path: Path, required: Sequence[str] = REQUIRED_COLUMNS) -> Dataset:
     try:
         raw = read_regular_file(path, MAX_CSV_BYTES)
     except OSError as exc:
@@ -148,7 +195,7 @@ def _load_csv(path: Path) -> Dataset:
         header = list(reader.fieldnames or [])
     except csv.Error as exc:
         raise DatasetError(f"CSV {path} cannot be read after line {reader.line_num}: {exc}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if missing:
         raise DatasetError(f"CSV {path} lacks the column(s) {', '.join(missing)}; "
                            f"it has: {', '.join(c for c in header if c) or 'no header'}")
@@ -160,7 +207,7 @@ def _load_csv(path: Path) -> Dataset:
     seen: Dict[tuple, Tuple[int, str]] = {}  # (normalised path, bbox) -> (line, individual)
     for line, row in rows:
         try:
-            annot = _annotation_from_row(path, line, row, all(has_bbox))
+            annot = _annotation_from_row(path, line, row, all(has_bbox), "individual" in required)
         except DatasetError as exc:
             errors.append(str(exc))
             continue
@@ -185,11 +232,14 @@ def _load_csv(path: Path) -> Dataset:
     return Dataset(path, annotations)
 
 
-def _annotation_from_row(csv_path: Path, line: int, row: Dict[str, Optional[str]], has_bbox: bool) -> Annotation:
+def _annotation_from_row(csv_path: Path, line: int, row: Dict[str, Optional[str]], has_bbox: bool,
+                         labelled: bool = True) -> Annotation:
     where = f"CSV {csv_path} line {line}"
     if None in row:  # DictReader puts surplus cells under the key None
         raise DatasetError(f"{where}: more cells than header columns")
     path, individual = (row.get("path") or "").strip(), (row.get("individual") or "").strip()
+    if not labelled:  # a query: the individual is optional
+        individual = individual or UNKNOWN
     if not path or not individual:
         raise DatasetError(f"{where}: empty {'path' if not path else 'individual'}")
     bbox = _parse_bbox(where, [row.get(c) for c in BBOX_COLUMNS]) if has_bbox else None
