@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..data.dataset import Annotation, Dataset, DatasetError
 from ..data.store import FeatureKind, FeatureStore, StoredFeatures, StoreReport, annotation_features, shortlist_index
@@ -33,11 +33,18 @@ class StoreSource:
 
     ``database_report`` / ``query_report`` say what the store did (loaded, extracted, skipped) for the
     database and for the last query, for the features the mode needed.
+
+    The database's features (and in two-stage mode its stage-1 index) are loaded by the first query and
+    kept; what a query brings (its own features, in two-stage mode its shortlist's ALIKED features) is held
+    until the next query starts, so memory does not grow with the number of queries.
     """
 
-    def __init__(self, database: Dataset, store: FeatureStore, config: Config, *, progress: bool = True):
+    def __init__(self, database: Dataset, store: FeatureStore, config: Config, *, progress: bool = True,
+                 pair_progress: Optional[bool] = None):
         check_stage1_source(config)
         self.database, self.store, self.config, self.progress = database, store, config, progress
+        # a bar over each query's LightGlue pairs (default: as ``progress``; a batch has its own bar over queries)
+        self.pair_progress = progress if pair_progress is None else pair_progress
         self.database_report = StoreReport()
         self.query_report = StoreReport()
         self._db: Optional[StoredFeatures] = None  # the database's features of the kind the mode needs
@@ -45,10 +52,12 @@ class StoreSource:
         self._key: Dict[int, str] = {}  # id(annotation) -> store key
         self._aliked: Dict[str, Dict[str, Any]] = {}  # store key -> ALIKED features held in memory
         self._query_stage1: Dict[int, Any] = {}  # id(query) -> its stage-1 features and key
+        self._last_query: Optional[Tuple[int, str, bool]] = None  # id, store key, whether it is in the database
 
     # ------------------------------------------------------------------ EvidenceSource
     def candidates(self, query: Annotation, mode: Mode) -> List[Annotation]:
         kind: FeatureKind = "stage1" if mode == "two_stage" else "aliked"
+        self._forget_last_query(mode)
         q = annotation_features([query], self.store, self.config, progress=False, on_error="raise", kind=kind)
         if self._db is None:
             self._db = annotation_features(self.database.annotations, self.store, self.config,
@@ -70,7 +79,21 @@ class StoreSource:
         if not others:
             raise DatasetError(f"database {self.database.source} has no usable annotation besides the query")
         self._key[id(query)] = q.keys[0]
+        self._last_query = (id(query), q.keys[0], len(others) < len(self._db.annotations))
         return [self._db.annotations[i] for i in others]
+
+    def _forget_last_query(self, mode: Mode) -> None:
+        """Drop what the previous query left in memory; the database's own features stay."""
+        if self._last_query is None:
+            return
+        query_id, key, in_database = self._last_query
+        self._last_query = None
+        self._key.pop(query_id, None)
+        self._query_stage1.pop(query_id, None)
+        if mode == "two_stage":  # ALIKED features are read per query (the query's and its shortlist's)
+            self._aliked.clear()
+        elif not in_database:
+            self._aliked.pop(key, None)
 
     def stage1_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
         assert self._index is not None, "candidates() is called first"
@@ -82,7 +105,7 @@ class StoreSource:
         assert query_features is not None  # on_error="raise": an unusable query photo raised
         feats = self.features(candidates)
         usable = {k: f for k, f in enumerate(feats) if f is not None}
-        values = match_scores(query_features, list(usable.values()), self.config, progress=self.progress)
+        values = match_scores(query_features, list(usable.values()), self.config, progress=self.pair_progress)
         scores = [0.0] * len(candidates)  # no ALIKED features: LightGlue scores 0
         for k, value in zip(usable, values):
             scores[k] = value
@@ -102,9 +125,9 @@ class StoreSource:
 
 
 def store_source(database: Union[str, Path, Dataset], config: Config, cache_dir: Union[str, Path, None] = None,
-                 *, progress: bool = True) -> StoreSource:
+                 *, progress: bool = True, pair_progress: Optional[bool] = None) -> StoreSource:
     """A StoreSource over a database folder/CSV (or a loaded Dataset) and the store at ``cache_dir``."""
     from ..data.dataset import load_dataset
 
     dataset = database if isinstance(database, Dataset) else load_dataset(database)
-    return StoreSource(dataset, FeatureStore(cache_dir), config, progress=progress)
+    return StoreSource(dataset, FeatureStore(cache_dir), config, progress=progress, pair_progress=pair_progress)
