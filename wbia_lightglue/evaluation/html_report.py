@@ -5,14 +5,16 @@ P(same individual) when a calibration exists) and, for each candidate, two pictu
 reviewers get (``drawing.render_pair``): the correspondences (``matches``) and the confidence heat
 overlay (``heatmask``). An evaluation page adds the summary (CMC, mAP, answerable and skipped counts,
 config, fingerprints), the CMC plot, every query marked correct or wrong at rank 1 with the true
-individual's rank (errors first), and an "only errors" filter.
+individual's rank (errors first), and an "only errors" filter. A batch page (``identify QUERIES --output DIR``)
+draws the first queries of the batch, lists every query with its rank-1 individual, and the failed ones with
+their errors.
 
 Images are embedded as base64 ``data:`` URIs rather than written to a sibling folder: the page is one file
 that can be opened offline, attached to an e-mail or moved without losing its pictures, and its
 Content-Security-Policy forbids every other load (no network, no local files). The size is bounded instead:
 photos are downsized before anything is drawn (THUMB_PX, QUERY_PX, PICTURE_PX; JPEG), matches are computed only for
 the candidates shown (one batched LightGlue call with ``return_matches`` per shown query; the ranking
-itself comes from scores the caller already has), and an evaluation draws at most ``max_queries``
+itself comes from scores the caller already has), and an evaluation or a batch draws at most ``max_queries``
 queries (the others are counted and listed, without pictures, in the table of all queries).
 
 This module is over 400 lines because the page's markup, its stylesheet and the data it shows are kept in one
@@ -80,6 +82,11 @@ class ShownQuery:
     skipped: Optional[str] = None  # evaluation: why the query is not counted (e.g. no other sighting)
     top_individual: Optional[str] = None  # evaluation: rank 1, also when no candidate is drawn
     top_score: Optional[float] = None
+    label: Optional[str] = None  # how the query is named (default: the annotation's short name)
+
+    @property
+    def title(self) -> str:
+        return self.label or self.annotation.name
 
     @property
     def status(self) -> str:
@@ -126,6 +133,47 @@ def identification_report(
     body = [_facts_table(facts), _skipped_block(skipped), _config_block(config),
             '<main id="queries">', section, "</main>"]
     return _write(path, f"identify {query.annotation.name}", body, drawer, 1, 1, start)
+
+
+def batch_report(
+    path: Union[str, Path],
+    queries: Sequence[ShownQuery],
+    config: Config,
+    *,
+    database: str,
+    failed: Sequence[Tuple[str, str]] = (),
+    max_queries: int = DEFAULT_MAX_QUERIES,
+    skipped: Sequence[str] = (),
+    calibration: Optional[Calibration] = None,
+    store: Optional[FeatureStore] = None,
+    title: str = "",
+    progress: bool = True,
+) -> ReportSummary:
+    """Write the page of a batch identification; returns what was written.
+
+    ``queries``: the ranked queries in batch order, each with the candidates to draw; the first
+    ``max_queries`` are drawn, all are listed. ``failed``: (query, error) of the queries that could not be
+    identified. Features are read back from ``store`` for the drawn queries and candidates only.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    shown = list(queries[:max(0, max_queries)])
+    _attach_features(shown, store or FeatureStore(), config)
+    drawer = _Drawer(config)
+    bar = tqdm(shown, desc="report", unit="query", disable=not progress or not shown)
+    sections = [_query_section(query, drawer, k, evaluation=False) for k, query in enumerate(bar, start=1)]
+    facts = [("queries", f"{len(queries) + len(failed)}: {len(queries)} ranked, {len(failed)} failed"),
+             ("database", database),
+             ("calibration", "yes: P(same individual) beside each score" if calibration else "none (raw scores only)")]
+    controls = f'<div class="controls"><span>{len(shown)} of {len(queries)} ranked queries drawn (in batch order)'
+    if len(shown) < len(queries):
+        controls += (f'; <strong id="left-out">{len(queries) - len(shown)} left out</strong>: all are listed in the '
+                     "last table (identify --report-queries raises the cap)")
+    controls += "</span></div>"
+    body = [_facts_table(facts, "summary"), _failed_block(failed), _skipped_block(skipped), _config_block(config),
+            controls, '<main id="queries">', *sections, "</main>", _batch_queries_table(queries, len(shown))]
+    return _write(path, f"identify {title}", body, drawer, len(queries), len(shown), start)
 
 
 def evaluation_queries(
@@ -368,7 +416,7 @@ def _query_section(query: ShownQuery, drawer: _Drawer, number: int, evaluation: 
                  "with this photo</p>")
     truth = f" &middot; individual <b>{_esc(query.truth)}</b>" if evaluation else ""
     return (f'<section class="query status-{status}" id="q{number}" data-status="{status}">'
-            f'<h2><span class="qname">{_esc(query.annotation.name)}</span>{truth}'
+            f'<h2><span class="qname">{_esc(query.title)}</span>{truth}'
             f'{f" <span class=badge>{badge}</span>" if badge else ""}</h2>'
             f'<div class="query-body"><figure class="query-photo">'
             f'{drawer.thumbnail(query.annotation, "query-thumb", QUERY_PX)}'
@@ -408,6 +456,28 @@ def _skipped_block(skipped: Sequence[str]) -> str:
     items = "".join(f"<li>{_esc(message)}</li>" for message in skipped)
     return (f'<details class="skipped-photos" open><summary>{len(skipped)} photo(s) skipped (unreadable or unusable)'
             f"</summary><ul>{items}</ul></details>")
+
+
+def _failed_block(failed: Sequence[Tuple[str, str]]) -> str:
+    if not failed:
+        return ""
+    items = "".join(f"<li><b>{_esc(query)}</b>: {_esc(error)}</li>" for query, error in failed)
+    return (f'<details class="failed-queries" open><summary>{len(failed)} query photo(s) could not be identified'
+            f"</summary><ul>{items}</ul></details>")
+
+
+def _batch_queries_table(queries: Sequence[ShownQuery], shown: int) -> str:
+    rows = []
+    for k, query in enumerate(queries, start=1):
+        name = _esc(query.title)
+        link = f'<a href="#q{k}">{name}</a>' if k <= shown else name
+        best = query.candidates[0] if query.candidates else None
+        cells = [link, "" if best is None else _esc(best.individual), "" if best is None else f"{best.score:.3f}",
+                 "" if best is None else _esc(best.annotation.name)]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return ('<section id="all-queries"><h2>All ranked queries</h2><table class="all"><thead><tr><th>query</th>'
+            "<th>rank-1 individual</th><th>score</th><th>its best photo</th></tr></thead>"
+            f'<tbody>{"".join(rows)}</tbody></table></section>')
 
 
 def _config_block(config: Config) -> str:
