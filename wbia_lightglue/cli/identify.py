@@ -6,6 +6,9 @@ that score; each row also names the individual's best-matching annotation. When 
 calibration (``wbia-lightglue calibrate``), each row also carries ``probability``: P(same individual)
 of that best-matching annotation's raw score. ``--report PATH`` writes a self-contained HTML page: the query,
 its top candidates with their photos and the match pictures (evaluation.html_report).
+
+With ``--output DIR``, or when QUERIES is a folder or a CSV, the batch form runs instead (``cli.batch``):
+every photo ranked against one loaded database, resumable, with ``rankings.csv``/``.json`` and one report.
 """
 from __future__ import annotations
 
@@ -18,29 +21,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..data.dataset import Annotation, Dataset, DatasetError
-from ..engine.calibration import Calibration
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
 from ..files import atomic_write_text
-from ..pipeline import RankedIndividual, calibration_for, rank_individuals, score_query
+from ..pipeline import calibration_for, rank_individuals, score_query
+from ..pipeline.batch import Candidate, candidate_rows
 from ..pipeline.files import store_source
-from .common import check_top, config_from_args, features_line, require_writable
+from . import batch
+from .common import UsageError, check_top, config_from_args, features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
 
 DEFAULT_TOP = 10
-
-
-@dataclass
-class Candidate:
-    """One row of the ranking."""
-
-    rank: int
-    individual: str
-    annotation: str  # the individual's best-matching annotation (short name)
-    score: float
-    path: str = ""  # that annotation's image file
-    probability: Optional[float] = None  # calibrated P(same individual) of that annotation's score
 
 
 @dataclass
@@ -69,19 +61,52 @@ class Identification:
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    cmd = commands.add_parser("identify", parents=[common], help="rank a database's individuals for a photo")
-    cmd.add_argument("query", type=Path, metavar="QUERY_IMAGE")
+    cmd = commands.add_parser("identify", parents=[common],
+                              help="rank a database's individuals for a photo, or for a batch of photos")
+    cmd.add_argument("query", type=Path, metavar="QUERIES",
+                     help="a photo; or (batch, with --output) a folder of photos at any depth or a CSV with a "
+                          "path column")
     cmd.add_argument("database", type=Path, metavar="DATABASE", help="folder <individual>/<image> or CSV")
-    cmd.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K", help="rows to show/write")
-    cmd.add_argument("--json", type=Path, metavar="PATH", help="write the ranking as JSON")
-    cmd.add_argument("--csv", type=Path, metavar="PATH", help="write the ranking as CSV")
+    cmd.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K", help="rows to show/write per query")
+    cmd.add_argument("--json", type=Path, metavar="PATH", help="one photo: write the ranking as JSON")
+    cmd.add_argument("--csv", type=Path, metavar="PATH", help="one photo: write the ranking as CSV")
     cmd.add_argument("--report", type=Path, metavar="HTML",
-                     help="write a self-contained HTML page: the top K candidates with photos and match pictures")
+                     help="one photo: write a self-contained HTML page: the top K candidates with photos and "
+                          "match pictures")
+    cmd.add_argument("--output", type=Path, metavar="DIR",
+                     help="batch: write DIR/rankings.csv, rankings.json, failed.csv and report.html; a rerun "
+                          "with the same DIR keeps the queries already finished (DIR/journal.jsonl)")
+    cmd.add_argument("--report-queries", type=int, metavar="N",
+                     help=f"batch: queries drawn in DIR/report.html, each with its top {html_report.DEFAULT_TOP} "
+                          f"candidates (default {html_report.DEFAULT_MAX_QUERIES}; 0: the table only)")
     cmd.set_defaults(func=run)
+
+
+def is_batch(args: argparse.Namespace) -> bool:
+    """The batch form: --output given, or QUERIES is a folder or a CSV (UsageError when --output is missing)."""
+    many = args.query.is_dir() or args.query.suffix.lower() == ".csv"
+    if args.output is None:
+        if many:
+            raise UsageError(f"QUERIES {args.query} is a {'folder' if args.query.is_dir() else 'CSV'}: give "
+                             "--output DIR for the batch's rankings (see wbia-lightglue identify --help)")
+        if args.report_queries is not None:
+            raise UsageError("--report-queries is for the batch form: give --output DIR")
+        return False
+    single = [flag for flag, value in (("--json", args.json), ("--csv", args.csv), ("--report", args.report))
+              if value is not None]
+    if single:
+        raise UsageError(f"{', '.join(single)} are for one photo without --output; the batch writes "
+                         "DIR/rankings.json, DIR/rankings.csv and DIR/report.html")
+    if args.report_queries is not None and args.report_queries < 0:
+        raise UsageError(f"--report-queries must be 0 or more, got {args.report_queries}")
+    return True
 
 
 def run(args: argparse.Namespace) -> None:
     check_top(args)
+    if is_batch(args):
+        run_batch(args)
+        return
     result = main(args.query, args.database, config_from_args(args), top=args.top, cache_dir=args.cache_dir,
                   json_path=args.json, csv_path=args.csv, report_path=args.report, progress=not args.quiet)
     print(features_line(result.loaded, result.extracted, result.skipped))
@@ -91,22 +116,19 @@ def run(args: argparse.Namespace) -> None:
               f"{result.report.seconds:.1f} s)")
 
 
-def candidate_rows(annotations: Sequence[Annotation], ranking: Sequence[RankedIndividual],
-                   raw_scores: Optional[Sequence[float]] = None,
-                   calibration: Optional[Calibration] = None) -> List[Candidate]:
-    """The ranking's rows for photos: each individual with its best-matching annotation (and its file).
-
-    With a ``calibration`` each row carries the probability of its best annotation's raw LightGlue score
-    (``raw_scores``, aligned with ``annotations``).
-    """
-    rows = []
-    for row in ranking:
-        annot = annotations[row.best]
-        probability = None
-        if calibration is not None and raw_scores is not None:
-            probability = float(calibration.probability(float(raw_scores[row.best])))
-        rows.append(Candidate(row.rank, str(row.individual), annot.name, row.score, str(annot.path), probability))
-    return rows
+def run_batch(args: argparse.Namespace) -> None:
+    report_queries = html_report.DEFAULT_MAX_QUERIES if args.report_queries is None else args.report_queries
+    result = batch.main(args.query, args.database, args.output, config_from_args(args), top=args.top,
+                        cache_dir=args.cache_dir, report_queries=report_queries, progress=not args.quiet)
+    print(result.features_line())
+    print(result.summary())
+    written = ", ".join(str(args.output / name) for name in (batch.RANKINGS_CSV, batch.RANKINGS_JSON,
+                                                              batch.FAILED_CSV))
+    page = result.report
+    if page is not None:
+        written += (f" and {page.path} ({page.size_bytes / 2**20:.1f} MB, {page.shown} of {page.num_queries} "
+                    f"ranked queries drawn, {page.seconds:.1f} s)")
+    print(f"wrote {written}")
 
 
 def main(
