@@ -1,6 +1,7 @@
 """``wbia-lightglue``: the parser, logging, and the one place errors become exit codes.
 
     wbia-lightglue identify QUERY_IMAGE DATABASE [--top K] [--json PATH] [--csv PATH]
+    wbia-lightglue identify QUERIES DATABASE --output DIR [--top K] [--report-queries N]
     wbia-lightglue evaluate DATASET [--output DIR] [--limit-individuals N] [--group-by COLUMN]
     wbia-lightglue match IMAGE_A IMAGE_B [--output PNG]
     wbia-lightglue extract DATASET
