@@ -187,9 +187,10 @@ def compute_lightglue_features(depc, aid_list: Sequence[int], config=None) -> It
             f"(fingerprint {lightglue_config.feature_fingerprint}, expected {expected})")
     aids = list(aid_list)
     for aid, feats in zip(aids, compute_features(depc.controller, aids, lightglue_config)):
-        if "error" in feats:
+        error = core.failure(feats)
+        if error is not None:
             # Not stored: an image unreadable for a moment must not score 0 until its bbox changes.
-            STATE.remember_failure(aid, lightglue_config.feature_fingerprint, feats["error"])
+            STATE.remember_failure(aid, lightglue_config.feature_fingerprint, error)
             yield None
         else:
             yield tuple(feats[name] for name in FEATURE_COLUMNS)

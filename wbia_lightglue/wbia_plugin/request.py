@@ -104,8 +104,9 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         config = request.lightglue_config
         qaids = [int(q) for q in dict.fromkeys(np.asarray(request.qaids).tolist())]
         for qaid, feats in zip(qaids, ibs.lightglue_features(qaids, config)):
-            if "error" in feats:
-                raise QueryChipError(f"query annotation {qaid} ({annot_uuids(ibs, [qaid])[0]}): {feats['error']}; "
+            error = core.failure(feats)
+            if error is not None:
+                raise QueryChipError(f"query annotation {qaid} ({annot_uuids(ibs, [qaid])[0]}): {error}; "
                                      "nothing to match")
         if config["shortlist_k"] == 0 or not postprocess:
             return super().execute(parent_rowids, use_cache=use_cache, postprocess=postprocess, **kwargs)
