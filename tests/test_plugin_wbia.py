@@ -36,7 +36,10 @@ with _wbia_compat.hidden_argv():  # utool parses sys.argv at import and misreads
     wbia = pytest.importorskip("wbia")
 
 from wbia_lightglue import _plugin  # noqa: E402  (registered by `import wbia_lightglue`'s hook)
-from wbia_lightglue.wbia_plugin import plugin as plugin_module  # noqa: E402
+from wbia_lightglue.wbia_plugin import configs as plugin_configs  # noqa: E402
+from wbia_lightglue.wbia_plugin import features as plugin_features  # noqa: E402
+from wbia_lightglue.wbia_plugin import request as plugin_request  # noqa: E402
+from wbia_lightglue.wbia_plugin.state import STATE as PLUGIN_STATE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -323,12 +326,12 @@ def test_review_image_names_change_with_the_query(db):
 def test_query_without_a_chip_fails_the_request_with_the_reason(db):
     ibs = db["ibs"]
     corrupt = db["role"]["corrupt"]
-    with pytest.raises(plugin_module.QueryChipError, match=rf"query annotation {corrupt} .*missing or unreadable"):
+    with pytest.raises(_plugin.QueryChipError, match=rf"query annotation {corrupt} .*missing or unreadable"):
         ibs.query_chips([corrupt], _made(db), cfgdict={"pipeline_root": "LightGlue"})
 
 
 def test_review_version_from_wbia_render_options():
-    version = plugin_module.review_version
+    version = plugin_request.review_version
     assert version(_wbia_render_config(False, True)) == "heatmask"
     assert version(_wbia_render_config(True, False)) == "matches"
     assert version(_wbia_render_config(False, False)) == "clean"
@@ -389,7 +392,7 @@ def _chip_size(ibs, aid: int) -> tuple:
 
 
 def _stored_rowid(ibs, aid: int, config):
-    return ibs.depc_annot.get_rowids("LightGlueFeatures", [aid], config=plugin_module._features_depc_config(config),
+    return ibs.depc_annot.get_rowids("LightGlueFeatures", [aid], config=plugin_configs.features_depc_config(config),
                                      ensure=False)[0]
 
 
@@ -399,11 +402,11 @@ def test_bbox_change_gives_the_annotation_a_new_feature_key(db, extraction_spy):
     config = core.load_config()
     cache = core.get_feature_cache(config)
     before = ibs.lightglue_features([aid])[0]
-    key = plugin_module._feature_keys(ibs, [aid])[0]
+    key = plugin_features.feature_keys(ibs, [aid])[0]
     assert key == (ibs.get_annot_uuids([aid])[0], ibs.get_annot_visual_uuids([aid])[0])
     assert cache.get(key, config.feature_fingerprint) is not None
     _halve_bbox(ibs, aid)
-    new_key = plugin_module._feature_keys(ibs, [aid])[0]
+    new_key = plugin_features.feature_keys(ibs, [aid])[0]
     assert new_key[0] == key[0] and new_key[1] != key[1]  # WBIA gave the edited annotation a new visual UUID
     assert cache.get(key, config.feature_fingerprint) is None  # and the old entry was let go (memory)
     extraction_spy.clear()
@@ -411,7 +414,7 @@ def test_bbox_change_gives_the_annotation_a_new_feature_key(db, extraction_spy):
     assert [aid] in extraction_spy  # recomputed from the new chip, not read back from SQLite
     assert tuple(after["image_size"]) != tuple(before["image_size"])
     stored = ibs.depc_annot.get("LightGlueFeatures", [aid], "image_size",
-                                config=plugin_module._features_depc_config(config))[0]
+                                config=plugin_configs.features_depc_config(config))[0]
     np.testing.assert_array_equal(stored, after["image_size"])
 
 
@@ -438,7 +441,7 @@ def test_image_unreadable_for_a_moment_is_retried_by_the_next_request(db, tmp_pa
         away.rename(stored)
     assert len(feats["keypoints"]) == 0 and "missing or unreadable" in feats["error"] and str(stored) in feats["error"]
     assert _stored_rowid(ibs, aid, config) is None  # nothing pinned in SQLite ...
-    key = plugin_module._feature_keys(ibs, [aid])[0]
+    key = plugin_features.feature_keys(ibs, [aid])[0]
     assert core.get_feature_cache(config).get(key, config.feature_fingerprint) is None  # ... nor in memory
     again = ibs.lightglue_features([aid])[0]  # the image is back: computed and stored now
     assert len(again["keypoints"]) > 50 and "error" not in again
@@ -460,7 +463,7 @@ def test_empty_rows_stored_by_older_versions_are_computed_again(db, tmp_path, mo
     feats = ibs.lightglue_features([aid])[0]
     assert len(feats["keypoints"]) > 50
     stored = ibs.depc_annot.get("LightGlueFeatures", [aid], "keypoints",
-                                config=plugin_module._features_depc_config(config))[0]
+                                config=plugin_configs.features_depc_config(config))[0]
     assert len(stored) == len(feats["keypoints"])
 
 
@@ -468,7 +471,7 @@ def test_an_edit_during_extraction_is_not_undone_by_the_late_write(db, tmp_path,
     ibs = db["ibs"]
     config = core.load_config()
     aid = _new_annot(db, tmp_path, 301)
-    old_key = plugin_module._feature_keys(ibs, [aid])[0]
+    old_key = plugin_features.feature_keys(ibs, [aid])[0]
     old_chip = _chip_size(ibs, aid)
     original = core.extract_features
     edited = []
@@ -485,7 +488,7 @@ def test_an_edit_during_extraction_is_not_undone_by_the_late_write(db, tmp_path,
     assert edited and first.get("stale")
     # The old chip's features reached neither SQLite (written after WBIA's deletion) nor memory.
     assert _stored_rowid(ibs, aid, config) is None
-    new_key = plugin_module._feature_keys(ibs, [aid])[0]
+    new_key = plugin_features.feature_keys(ibs, [aid])[0]
     cache = core.get_feature_cache(config)
     assert cache.get(old_key, config.feature_fingerprint) is None
     assert cache.get(new_key, config.feature_fingerprint) is None
@@ -494,7 +497,7 @@ def test_an_edit_during_extraction_is_not_undone_by_the_late_write(db, tmp_path,
     assert new_chip != old_chip
     assert tuple(first["image_size"]) == old_chip and tuple(fresh["image_size"]) == new_chip
     assert tuple(ibs.depc_annot.get("LightGlueFeatures", [aid], "image_size",
-                                    config=plugin_module._features_depc_config(config))[0]) == new_chip
+                                    config=plugin_configs.features_depc_config(config))[0]) == new_chip
 
 
 WORKER = textwrap.dedent("""
@@ -916,7 +919,7 @@ def test_two_stage_hotspotter_source_and_chip_change(db, config_dir):
     index_path.write_text(json.dumps({**SMALL, "shortlist_k": 2, "shortlist_image_size": 400}))
     config = core.load_config(index_path)
     ibs.lightglue_stage1_scores(made[0], made, config)
-    index = next(i for (d, fp), i in plugin_module._INDEXES.items()
+    index = next(i for (d, fp), i in PLUGIN_STATE.stage1_indexes.items()
                  if d == str(ibs.get_dbdir()) and fp == config.shortlist_fingerprint)
     old = str(ibs.get_annot_visual_uuids([made[5]])[0])
     assert old in index

@@ -1,9 +1,10 @@
-"""Web routes of the plugin under ``/api/plugin/lightglue/`` and the check on web-supplied config paths.
+"""Web routes of the plugin under ``/api/plugin/lightglue/`` and the POST form of ``/api/review/query/chip/best/``.
 
 What a web caller can rely on: bad input is a 4xx with a short JSON message naming the parameter; no
 traceback, no absolute server path and no config file contents are echoed in an error (the server log
 has the details); lists are capped (``MAX_LIST_LENGTH``, and for the synchronous match-score route
-``sync_database_limit``, whose message points to WBIA's job route).
+``sync_database_limit``, whose message points to WBIA's job route). A web-supplied ``config_path`` may
+only name a file in the config directory (:func:`.configs.resolve_config_path`).
 """
 from __future__ import annotations
 
@@ -14,27 +15,25 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from .registry import (  # first: shims
+from .. import core
+from ..engine import config as config_module
+from ..engine.calibration import load_calibration, probabilities
+from ..engine.device import OutOfDeviceMemory, resolve_device
+from ..engine.memory import check_memory
+from .chips import QueryChipError
+from .configs import MAX_CONFIG_PATH, as_config, features_depc_config, resolve_config_path
+from .registry import (
     API_PREFIX,
     FEATURES_TABLE,
     PAIRWISE_TABLE,
+    controller_inject,
     register_api,
     register_ibs_method,
 )
 
-from wbia.control import controller_inject  # noqa: E402
-
-from .. import core  # noqa: E402
-from ..engine import config as config_module  # noqa: E402
-from ..evaluation import calibration  # noqa: E402
-from ..engine.memory import check_memory  # noqa: E402
-from ..engine.device import OutOfDeviceMemory, resolve_device  # noqa: E402
-from .plugin import QueryChipError, _features_depc_config  # noqa: E402
-
 logger = logging.getLogger("wbia_lightglue")
 
 MAX_LIST_LENGTH = 10_000  # UUIDs in one request to the feature-status route
-MAX_CONFIG_PATH = 255  # characters of a web-supplied config_path (a file name inside the config directory)
 JOB_ROUTE = ("POST /api/engine/query/graph/ with query_config_dict={'pipeline_root': 'LightGlue'} "
              "(runs as a WBIA job)")
 # web_max_database = 0 (automatic): on CUDA this many database annotations per synchronous request; on CPU
@@ -81,46 +80,13 @@ def _web_route(func: Callable) -> Callable:
     return route
 
 
-def resolve_config_path(config_path: Any) -> Optional[Path]:
-    """A config file named by a web request, which may only name a file inside the config directory.
-
-    ``None`` or ``''`` is the default config. Otherwise a file name relative to
-    ``config_module.DEFAULT_CONFIG_DIR`` (or an absolute path inside it); ``..`` components, paths outside
-    the directory, symlinks pointing out of it, names longer than ``MAX_CONFIG_PATH`` characters and NUL
-    bytes are refused with ValueError. The messages never name the server's directory.
-    """
-    if config_path is None or config_path == "":
-        return None
-    if not isinstance(config_path, str):
-        raise ValueError(f"config_path must be a string, got {type(config_path).__name__}")
-    if len(config_path) > MAX_CONFIG_PATH:
-        raise ValueError(f"config_path is {len(config_path)} characters long; at most {MAX_CONFIG_PATH}")
-    if "\0" in config_path:
-        raise ValueError("config_path may not contain a NUL character")
-    if ".." in Path(config_path).parts:
-        raise ValueError(f"config_path {config_path!r} may not contain '..'")
-    root = Path(config_module.DEFAULT_CONFIG_DIR).resolve()
-    candidate = Path(config_path) if Path(config_path).is_absolute() else root / config_path
-    try:
-        resolved = candidate.resolve()  # follows symlinks: a link out of the directory is caught below
-        inside = resolved == root or root in resolved.parents
-        is_file = inside and resolved.is_file()
-    except OSError as exc:  # e.g. a name component over 255 bytes (ENAMETOOLONG), a symlink loop
-        raise ValueError(f"config_path {config_path!r} cannot be used: {exc.strerror or 'invalid'}") from None
-    if not inside:
-        raise ValueError(f"config_path {config_path!r} is outside the config directory")
-    if not is_file:
-        raise ValueError(f"config_path {config_path!r} is not a file in the config directory")
-    return resolved
-
-
 def _web_config(config_path: Any) -> core.Config:
     """The config a request names; WebInvalidInput (400) with a message free of server paths otherwise."""
     shown = str(config_path)[:MAX_CONFIG_PATH]
     path: Optional[Path] = None
     try:
         path = resolve_config_path(config_path)
-        config = core.load_config(path)
+        config = as_config(path)
         check_memory(config)  # settings that cannot fit on this server: refuse now, not mid-request
         return config
     except (ValueError, core.ConfigError) as exc:  # ConfigError is a ValueError; both are the caller's
@@ -203,7 +169,7 @@ def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_l
     scores = ibs.lightglue_match_scores(qaid, daids, config)
     return {"query_annot_uuid": str(quuid), "database_annot_uuid_list": [str(u) for u in duuids],
             "score_list": [float(s) for s in scores],
-            "probability_list": calibration.probabilities(calibration.load_calibration(config), scores),
+            "probability_list": probabilities(load_calibration(config), scores),
             "config_path": config.source}
 
 
@@ -228,7 +194,7 @@ def lightglue_api_feature_status(ibs, annot_uuid_list=None, config_path=None):
     uuids = _parse_uuid_list(annot_uuid_list, "annot_uuid_list", MAX_LIST_LENGTH)
     config = _web_config(config_path)
     aids = _aids_from_uuids(ibs, uuids)
-    rowids = ibs.depc_annot.get_rowids(FEATURES_TABLE, aids, config=_features_depc_config(config), ensure=False)
+    rowids = ibs.depc_annot.get_rowids(FEATURES_TABLE, aids, config=features_depc_config(config), ensure=False)
     return {"annot_uuid_list": [str(u) for u in uuids], "computed_list": [r is not None for r in rowids],
             "feature_fingerprint": config.feature_fingerprint}
 
