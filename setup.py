@@ -1,13 +1,15 @@
 """wbia-lightglue: ALIKED + LightGlue animal re-identification for Wildbook IA, and on its own."""
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "wbia_lightglue" / "_version.py").read_text()).group(1)
 
 setup(
     name="wbia-lightglue",
-    version="0.1.0",
+    version=VERSION,
     description="ALIKED + LightGlue local-feature identification for Wildbook IA (WBIA) and a standalone CLI",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",

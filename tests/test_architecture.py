@@ -56,7 +56,13 @@ def imports_of(name: str) -> Set[str]:
 GRAPH = {name: imports_of(name) for name in MODULES}
 
 
+# the server's main (registers the plugin through the package, then runs wbia.dev): an entry point like serve
+ENTRY_POINTS = {"wbia_lightglue.wbia_plugin.launcher": 7}
+
+
 def layer(name: str) -> int:
+    if name in ENTRY_POINTS:
+        return ENTRY_POINTS[name]
     parts = name.split(".")
     # the package __init__ is the WBIA import hook: it reaches the plugin's entry points (lazily, when wbia loads)
     return ROOT_LAYER if len(parts) == 1 else LAYERS[parts[1]]

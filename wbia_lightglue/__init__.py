@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Optional
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 _PLUGIN = __name__ + "._plugin"
 

@@ -526,7 +526,7 @@ def _esc(text: Any) -> str:
 
 def _write(path: Union[str, Path], heading: str, body: Sequence[str], drawer: _Drawer, num_queries: int,
            shown: int, start: float) -> ReportSummary:
-    from .. import __version__
+    from .._version import __version__
 
     seconds = time.perf_counter() - start
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

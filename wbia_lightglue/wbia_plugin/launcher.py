@@ -34,9 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         logger.setLevel(logging.INFO)
     # utool parses sys.argv when wbia is imported: it must see WBIA's arguments, as under wbia.dev.
     sys.argv = [sys.argv[0], *args]
-    from .. import register_plugin
-
-    register_plugin()  # imports wbia; raises if the plugin cannot be registered
+    from .. import _plugin  # noqa: F401 - importing it imports wbia and registers the plugin (raises if it cannot)
     from .jobs import retry_lightglue_jobs_at_once
 
     retry_lightglue_jobs_at_once()
