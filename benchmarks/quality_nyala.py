@@ -11,7 +11,7 @@ flank as distractors.
 Defaults: 40 individuals (31 with 3 photos, 9 with 2), 111 photos (54 left, 57 right), 3027 same-flank pairs.
 
 For each keypoint count each same-flank pair is matched once (``core.match_pairs(return_matches=True)``,
-one query against its later partners per call, as ``evaluation.score_all_pairs``); the raw matches are
+one query against its later partners per call, as ``pipeline.SymmetricPairs``); the raw matches are
 cached in ``<output>/matches_<keypoints>.npz`` (re-runs and new variants never re-match), and every
 variant is derived from them:
 

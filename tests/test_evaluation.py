@@ -4,8 +4,11 @@ import json
 import numpy as np
 import pytest
 
+from wbia_lightglue.engine.config import load_config
+from wbia_lightglue.evaluation.datasets import DatasetSource
 from wbia_lightglue.evaluation.plots import plot_cmc
-from wbia_lightglue.evaluation.protocol import evaluate_scores, score_all_pairs
+from wbia_lightglue.evaluation.protocol import evaluate_scores
+from wbia_lightglue.pipeline import score_matrix
 
 
 def symmetric(values):
@@ -70,7 +73,9 @@ def test_groups_are_never_compared_and_each_pair_is_scored_once():
         return [10.0 if (i, j) in ((0, 2), (1, 3)) else 1.0 for j in partners]
 
     groups = ["left", "right", "left", "right", "left"]
-    scores = score_all_pairs(5, score, groups=groups, progress=False)
+    config = load_config(None)  # exhaustive: the evaluation runs the pipeline over the dataset's items
+    scores = score_matrix(5, DatasetSource([{}] * 5, config, groups=groups, pair_scores=score), config,
+                          progress=False).scores
     assert sorted(calls) == [(0, 2), (0, 4), (1, 3), (2, 4)]
     assert np.isnan(scores[0, 1]) and scores[2, 0] == 10.0
     report = evaluate_scores(scores, ["x", "x", "x", "x", "y"], groups=groups, ranks=(1,))

@@ -2,8 +2,9 @@
 
 1-vs-all identification over a labelled set:
 
-* every unordered pair inside a comparison group is scored once (``score_all_pairs``) and the score is
-  used in both directions; pairs from different groups (e.g. left vs right flank) are never compared;
+* every unordered pair inside a comparison group is scored once (``pipeline.SymmetricPairs``, through the
+  pipeline: ``evaluation.datasets``) and the score is used in both directions; pairs from different groups
+  (e.g. left vs right flank) are never compared;
 * a query is *answerable* when it has a label and at least one other annotation of its group carries the
   same label; other queries are skipped and counted as skipped;
 * unlabelled annotations (label None, or a WBIA nid <= 0) are each their own unknown individual: they can
@@ -20,12 +21,11 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..engine.config import Config
-from ..engine.scoring import match_scores, name_scores
+from ..engine.scoring import name_scores
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -94,42 +94,6 @@ def same_group(groups: Optional[Sequence[Any]], i: int, j: int) -> bool:
 def later_partners(i: int, n: int, groups: Optional[Sequence[Any]] = None) -> List[int]:
     """The items j > i that item i is compared with: each unordered comparable pair appears once."""
     return [j for j in range(i + 1, n) if same_group(groups, i, j)]
-
-
-def score_all_pairs(
-    n: int,
-    score_one_to_many: Callable[[int, List[int]], Sequence[float]],
-    groups: Optional[Sequence[Any]] = None,
-    progress: bool = True,
-) -> np.ndarray:
-    """Symmetric n x n score matrix, each unordered comparable pair scored once; NaN = not compared.
-
-    ``score_one_to_many(i, [j, ...])`` returns the scores of item i against items j (j > i).
-    """
-    from tqdm.auto import tqdm
-
-    scores = np.full((n, n), np.nan)
-    for i in tqdm(range(n), desc="1-vs-all", unit="query", disable=not progress):
-        partners = later_partners(i, n, groups)
-        if not partners:
-            continue
-        row = np.asarray(score_one_to_many(i, partners), dtype=float)
-        scores[i, partners] = row
-        scores[partners, i] = row
-    return scores
-
-
-def score_feature_pairs(
-    feats: Sequence[Mapping[str, Any]],
-    config: Config,
-    groups: Optional[Sequence[Any]] = None,
-    progress: bool = True,
-) -> np.ndarray:
-    """``score_all_pairs`` over feature dicts: one batched ``core.match_scores`` call per query."""
-    def one_to_many(i: int, partners: List[int]) -> Sequence[float]:
-        return match_scores(feats[i], [feats[j] for j in partners], config)
-
-    return score_all_pairs(len(feats), one_to_many, groups=groups, progress=progress)
 
 
 def evaluate_scores(

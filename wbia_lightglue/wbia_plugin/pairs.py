@@ -15,7 +15,8 @@ import numpy as np
 from .. import core
 from ..engine.calibration import save_calibration
 from ..evaluation import calibration
-from ..evaluation.protocol import DEFAULT_RANKS, evaluate_scores, score_feature_pairs
+from ..evaluation.protocol import DEFAULT_RANKS, evaluate_scores
+from ..pipeline import SymmetricPairs, score_matrix
 from .configs import ConfigPath, as_config
 from .features import features_with_keys
 from .registry import register_ibs_method
@@ -109,7 +110,7 @@ def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = N
     logger.info("lightglue_evaluate: %d annotations, %d names, config %s", len(aids),
                 len({n for n in nids if n is not None and n > 0}), config.source or "defaults")
 
-    scores = _all_pair_scores(ibs, aids, config)
+    scores = score_matrix(len(aids), AnnotationSetSource(ibs, aids, config), config).scores
     report = evaluate_scores(scores, nids, ids=aids, ranks=ranks, name_score=config["name_score"])
     logger.info("lightglue_evaluate (aids %s):\n%s", _abbreviate(aids), report.table())
     return report.rank1
@@ -128,14 +129,34 @@ def lightglue_calibrate(ibs, aid_list: Sequence[int], config_path: ConfigPath = 
     config = as_config(config_path)
     aids = list(aid_list)
     nids = ibs.get_annot_nids(aids)
-    scores, same = calibration.labelled_pairs(_all_pair_scores(ibs, aids, config), nids)
+    # a calibration maps raw LightGlue scores: every pair is matched, whatever the config's mode
+    raw = config.replace(shortlist_k=0)
+    scores, same = calibration.labelled_pairs(score_matrix(len(aids), AnnotationSetSource(ibs, aids, raw), raw).scores,
+                                              nids)
     fitted = calibration.fit(scores, same, config, annotations=len(aids))
     return str(save_calibration(fitted, config, output))
 
 
-def _all_pair_scores(ibs, aids: List[int], config: core.Config) -> np.ndarray:
-    """Symmetric score matrix of ``aids``, each unordered pair scored once (evaluation.score_all_pairs)."""
-    return score_feature_pairs(ibs.lightglue_features(aids, config), config)
+class AnnotationSetSource:
+    """The pipeline's source for an evaluation inside WBIA: annotation i of ``aids`` against all the others.
+
+    Stage 1 through ``ibs.lightglue_stage1_scores``; LightGlue on the annotations' features, each unordered
+    pair matched once (``pipeline.SymmetricPairs``)."""
+
+    def __init__(self, ibs: Any, aids: List[int], config: core.Config):
+        self.ibs, self.aids, self.config = ibs, aids, config
+        self.features = ibs.lightglue_features(aids, config)
+        self.pairs = SymmetricPairs(lambda i, js: core.match_scores(self.features[i], [self.features[j] for j in js],
+                                                                    config))
+
+    def candidates(self, query: int, mode: Any) -> List[int]:
+        return [j for j in range(len(self.aids)) if j != query]
+
+    def stage1_scores(self, query: int, candidates: Sequence[int]) -> List[float]:
+        return self.ibs.lightglue_stage1_scores(self.aids[query], [self.aids[j] for j in candidates], self.config)
+
+    def lightglue_scores(self, query: int, candidates: Sequence[int]) -> List[float]:
+        return self.pairs(query, candidates)
 
 
 def _abbreviate(items: Sequence[Any], limit: int = 8) -> str:

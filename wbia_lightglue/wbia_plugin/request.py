@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
 
 from .. import core
-from ..engine import fusion
+from ..engine.config import Mode
 from ..evaluation import drawing
+from ..pipeline import score_query
 from .chips import QueryChipError, annot_chips, annot_uuids
 from .configs import as_config, from_depc_config, resolve_config_path
 from .pairs import pair_matches, pair_scores
@@ -58,6 +59,28 @@ def _annot_match(ibs, qaid: int, daids: Sequence[int], scores: Sequence[float], 
     cm.set_cannonical_name_score(np.asarray(scores, dtype=float),
                                  np.asarray([per_name[nid] for nid in cm.unique_nids], dtype=float))
     return cm
+
+
+class DepcSource:
+    """The pipeline's source inside WBIA: a request's pairs, stage 1 through ``ibs.lightglue_stage1_scores``
+    (the plugin's index or HotSpotter), LightGlue scores through the ``LightGlue`` pair table (stored rows
+    reused, missing ones computed and stored; a pair whose chip failed just now scores 0, unstored)."""
+
+    def __init__(self, request: "LightGlueRequest", grouped: Dict[int, List[int]], use_cache: Any):
+        self.request, self.grouped, self.use_cache = request, grouped, use_cache
+        self.ibs = request.depc.controller
+
+    def candidates(self, qaid: int, mode: Mode) -> List[int]:
+        return self.grouped[qaid]
+
+    def stage1_scores(self, qaid: int, daids: Sequence[int]) -> List[float]:
+        return self.ibs.lightglue_stage1_scores(qaid, list(daids), self.request.lightglue_config)
+
+    def lightglue_scores(self, qaid: int, daids: Sequence[int]) -> List[float]:
+        pairs = [(qaid, daid) for daid in daids]
+        rows = super(LightGlueRequest, self.request).execute(pairs, use_cache=self.use_cache, postprocess=False)
+        scores = [row[0] if isinstance(row, (tuple, list)) else row for row in rows]
+        return [0.0 if score is None else float(score) for score in scores]
 
 
 class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
@@ -97,9 +120,10 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         request.lightglue_config = from_depc_config(request.config)
 
     def execute(request, parent_rowids=None, use_cache=None, postprocess=True, **kwargs):
-        """The AnnotMatches. One-stage: every pair (WBIA's own execute). Two-stage: stage 1, the pairs of the
-        shortlist, fusion. A query whose chip cannot be computed fails the request with the reason (its
-        scores would all be 0, a ranking that means nothing); a bad database annotation scores 0."""
+        """The AnnotMatches, one per query through the pipeline (``pipeline.score_query`` over ``DepcSource``):
+        exhaustive scores every pair; two-stage runs stage 1, the pairs of the shortlist, fusion. A query whose
+        chip cannot be computed fails the request with the reason (its scores would all be 0, a ranking that
+        means nothing); a bad database annotation scores 0."""
         ibs = request.depc.controller
         config = request.lightglue_config
         qaids = [int(q) for q in dict.fromkeys(np.asarray(request.qaids).tolist())]
@@ -108,36 +132,20 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
             if error is not None:
                 raise QueryChipError(f"query annotation {qaid} ({annot_uuids(ibs, [qaid])[0]}): {error}; "
                                      "nothing to match")
-        if config["shortlist_k"] == 0 or not postprocess:
+        if not postprocess:  # WBIA asking for the raw pair rows
             return super().execute(parent_rowids, use_cache=use_cache, postprocess=postprocess, **kwargs)
         grouped: Dict[int, List[int]] = {}
         for qaid, daid in parent_rowids if parent_rowids is not None else request.parent_rowids:
             grouped.setdefault(int(qaid), []).append(int(daid))
+        source = DepcSource(request, grouped, use_cache)
         cms = []
         for qaid, daids in grouped.items():
-            stage1 = ibs.lightglue_stage1_scores(qaid, daids, config)
-
-            def stored_pairs(positions: List[int], qaid: int = qaid, daids: List[int] = daids) -> List[float]:
-                pairs = [(qaid, daids[p]) for p in positions]
-                rows = super(LightGlueRequest, request).execute(pairs, use_cache=use_cache, postprocess=False)
-                return [float(row[0] if isinstance(row, (tuple, list)) else row) for row in rows]
-
-            scored = fusion.two_stage_scores({}, [], stage1, config, lightglue=stored_pairs)
-            logger.info("two-stage query %d: stage 1 (%s) over %d annotations, LightGlue on %d",
-                        qaid, config["shortlist_source"], len(daids), int(scored.shortlisted.sum()))
-            cms.append(_annot_match(ibs, qaid, daids, scored.fused.tolist(), request.config["name_score"]))
+            scored = score_query(qaid, source, config)
+            stage1 = config["shortlist_source"] if scored.mode == "two_stage" else "none"
+            logger.info("%s query %d: stage 1 (%s) over %d annotations, LightGlue on %d",
+                        scored.mode.replace("_", "-"), qaid, stage1, len(daids), int(scored.matched.sum()))
+            cms.append(_annot_match(ibs, qaid, scored.candidates, scored.scores.tolist(), request.config["name_score"]))
         return cms
-
-    def postprocess_execute(request, table, parent_rowids, rowids, result_list):
-        ibs = request.depc.controller
-        grouped: Dict[int, Tuple[List[int], List[float]]] = {}
-        for (qaid, daid), row in zip(parent_rowids, result_list):
-            daids, scores = grouped.setdefault(qaid, ([], []))
-            daids.append(daid)
-            score = row[0] if isinstance(row, (tuple, list)) else row
-            scores.append(0.0 if score is None else score)  # None: not stored (a chip failed), scores 0 now
-        name_score = request.config["name_score"]
-        return [_annot_match(ibs, qaid, daids, scores, name_score) for qaid, (daids, scores) in grouped.items()]
 
     def render_single_result(request, cm, aid, **kwargs):
         """The review image of (query, ``aid``) as WBIA asks for it: HxWx3 uint8 BGR.
