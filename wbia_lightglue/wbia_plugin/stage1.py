@@ -15,7 +15,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .. import core
-from ..engine.stage1 import Stage1Index, extract_stage1_features
+from ..engine.stage1 import Stage1Index, extract_stage1_features, synced_index
 from .chips import annot_chips
 from .configs import ConfigPath, as_config
 from .registry import register_ibs_method
@@ -59,15 +59,7 @@ def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[Stage1
     """The database's stage-1 index, brought in step with ``aids`` (added / removed incrementally)."""
     keys = [str(u) for u in ibs.get_annot_visual_uuids(list(aids))]
     cache_key = (str(ibs.get_dbdir()), config.shortlist_fingerprint)
-    index = STATE.stage1_indexes.get(cache_key)
     path = _shortlist_path(ibs, config)
-    if index is None and path.is_file():
-        try:
-            index = Stage1Index.load(path, config)
-        except ValueError as exc:
-            logger.warning("%s; rebuilding it", exc)
-    if index is None:
-        index = Stage1Index(config)
     aid_of = dict(zip(keys, aids))
 
     def features_of(missing: List[str]) -> List[dict]:
@@ -76,11 +68,9 @@ def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[Stage1
         return extract_stage1_features([c if c is not None else np.zeros((0, 0, 3), np.uint8) for c in chips],
                                        config, keys=missing_aids)
 
-    added, removed = index.sync(keys, features_of)
+    index, added, removed = synced_index(path, config, keys, features_of, index=STATE.stage1_indexes.get(cache_key))
     STATE.stage1_indexes[cache_key] = index
     STATE.indexed_as.update({(cache_key[0], int(aid)): key for aid, key in zip(aids, keys)})
-    if added or removed or not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        index.save(path)
+    if added or removed:
         logger.info("stage-1 index %s: %d annotations (%d added, %d removed)", path, len(index), added, removed)
     return index, keys

@@ -358,16 +358,16 @@ class Stage1Index:
 
 def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
                  features_of: Callable[[List[str]], Sequence[Mapping[str, Any]]], *,
-                 device: Any = None) -> Tuple[Stage1Index, int, int]:
+                 index: Optional[Stage1Index] = None, device: Any = None) -> Tuple[Stage1Index, int, int]:
     """The index saved at ``path``, brought in step with ``keys``, and saved again when it changed.
 
     Load -> sync -> save, the one implementation (the standalone store and WBIA's database both use it):
     a file built under another stage-1 config, or damaged (truncated, flipped bytes, garbage arrays), is
     reported once with its path and rebuilt; a failed save (full disk, read-only) warns and the run goes on
-    with the index in memory. ``path`` None: in memory only. Returns (index, added, removed).
+    with the index in memory. ``path`` None: in memory only. ``index``: one already live in this process (then
+    the file is not read). Returns (index, added, removed).
     """
-    index: Optional[Stage1Index] = None
-    if path is not None and path.is_file():
+    if index is None and path is not None and path.is_file():
         try:
             index = Stage1Index.load(path, config, device=device)
         except ValueError as exc:
