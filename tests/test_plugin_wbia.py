@@ -455,9 +455,9 @@ def test_empty_rows_stored_by_older_versions_are_computed_again(db, tmp_path, mo
     config = core.load_config()
     aid = _new_annot(db, tmp_path, 303)
     # What older versions stored for an unreadable image: a row of empty features of a (0, 0) chip.
-    with monkeypatch.context() as mp:
-        mp.setattr(ibs, "lightglue_compute_features",
-                   lambda aids, cfg=None: [core.empty_features(config) for _ in aids])
+    with monkeypatch.context() as mp:  # the feature table's computation, as older versions ran it
+        mp.setattr(plugin_features, "compute_features",
+                   lambda ibs, aids, cfg: [core.empty_features(cfg) for _ in aids])
         assert len(ibs.lightglue_features([aid])[0]["keypoints"]) == 0
     core.get_feature_cache(config).clear()
     feats = ibs.lightglue_features([aid])[0]
