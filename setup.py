@@ -16,6 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["wbia_lightglue", "wbia_lightglue.*"]),
+    package_data={"wbia_lightglue": ["calibrations/*.json"]},  # the calibration of the default score
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",  # ALIKED's deformable convolution; must match torch

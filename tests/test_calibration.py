@@ -1,4 +1,4 @@
-"""Calibration: monotone, in [0, 1], JSON round-trip, tied to the match fingerprint, helpers (synthetic data)."""
+"""Calibration: monotone, in [0, 1], JSON round-trip, tied to the pair-score fingerprint, shipped default, helpers."""
 import json
 import logging
 
@@ -13,8 +13,8 @@ from wbia_lightglue.evaluation.plots import plot_reliability
 
 
 @pytest.fixture
-def config():
-    return core.Config({"max_num_keypoints": 256})
+def config():  # exhaustive: the calibration of raw LightGlue scores
+    return core.Config({"max_num_keypoints": 256, "shortlist_k": 0})
 
 
 def synthetic_pairs(n=400, seed=0):
@@ -62,7 +62,7 @@ def test_refuses_another_fingerprint(config, tmp_path, caplog):
     other = config.replace(max_num_keypoints=512)
     with caplog.at_level(logging.WARNING, logger="wbia_lightglue"):
         assert model.load_calibration(other, tmp_path / "c.json") is None
-    assert "match fingerprint" in caplog.text
+    assert "fitted under fingerprint" in caplog.text
     assert model.load_calibration(config, tmp_path / "c.json") == calibration
     with pytest.raises(model.CalibrationError):
         model.save_calibration(calibration, other, tmp_path / "d.json")
@@ -72,15 +72,16 @@ def test_refuses_another_fingerprint(config, tmp_path, caplog):
 
 def test_persistence_location(tmp_path, monkeypatch):
     config_file = tmp_path / "lightglue.json"
-    config_file.write_text(json.dumps({"max_num_keypoints": 256}))
+    config_file.write_text(json.dumps({"max_num_keypoints": 256, "shortlist_k": 0}))
     config = core.load_config(config_file)
     assert model.calibration_path(config) == tmp_path / "lightglue.calibration.json"
-    assert model.load_calibration(config) is None  # none yet: uncalibrated, no warning needed
+    assert model.calibration_path(config.replace(shortlist_k=20)) == tmp_path / "lightglue.two_stage.calibration.json"
+    assert model.load_calibration(config) is None  # none yet (nor shipped for 256 keypoints): uncalibrated
     written = model.save_calibration(cal.fit(*synthetic_pairs(), config), config)
     assert written == tmp_path / "lightglue.calibration.json"
     assert model.load_calibration(core.load_config(config_file)) is not None
     monkeypatch.setattr(engine_config, "DEFAULT_CONFIG_DIR", tmp_path / "v_config")
-    assert model.calibration_path(core.Config({})) == tmp_path / "v_config" / "config.calibration.json"
+    assert model.calibration_path(core.Config({"shortlist_k": 0})) == tmp_path / "v_config" / "config.calibration.json"
 
 
 def test_unusable_file_is_ignored_with_a_warning(config, tmp_path, caplog):
@@ -109,6 +110,10 @@ def test_labelled_pairs_skip_unlabelled_and_uncompared():
     assert values.tolist() == [5.0, 1.0] and same.tolist() == [True, False]
     values, same = cal.labelled_pairs(scores, ["A", "A", "B", "B"], rows=[0, 2, 3])
     assert values.tolist() == [1.0, 2.0, 4.0] and same.tolist() == [False, False, True]
+    directed = np.array([[nan, 5, 1], [6, nan, 7], [8, nan, nan]], float)  # rows are queries
+    values, same = cal.labelled_pairs(directed, ["A", "A", "B"], directed=True)
+    assert sorted(zip(values.tolist(), same.tolist())) == [(1.0, False), (5.0, True), (6.0, True), (7.0, False),
+                                                            (8.0, False)]
 
 
 def test_split_by_individual_is_deterministic_and_disjoint():
@@ -138,3 +143,49 @@ def test_probabilities_helper(config):
     assert model.probabilities(None, [1.0, 2.0]) is None
     calibration = model.Calibration([0.0, 10.0], [0.0, 1.0], config.match_fingerprint, "confidence_sum")
     assert model.probabilities(calibration, [5.0, 20.0, -1.0]) == [0.5, 1.0, 0.0]
+
+
+def test_two_stage_calibration_is_of_the_fused_score_and_strictly_increasing(tmp_path):
+    two_stage = core.Config({"max_num_keypoints": 256})
+    assert two_stage.mode == "two_stage"
+    assert two_stage.pair_score_fingerprint != two_stage.match_fingerprint
+    assert two_stage.replace(fusion="logistic").pair_score_fingerprint != two_stage.pair_score_fingerprint
+    assert two_stage.replace(name_score="sum").pair_score_fingerprint == two_stage.pair_score_fingerprint
+    assert cal.default_method(two_stage) == "logistic" and cal.default_method(two_stage.replace(shortlist_k=0)) \
+        == "isotonic"
+    fused = np.log1p(synthetic_pairs()[0])  # fused scores live on a log scale
+    calibration = cal.fit(fused, synthetic_pairs()[1], two_stage, "logistic")
+    assert calibration.match_fingerprint == two_stage.pair_score_fingerprint and calibration.score.startswith("fused")
+    a, b = calibration.logistic
+    assert b > 0
+    # strictly increasing past the fitted range: two strong matches never tie
+    far = calibration.probability([fused.max() + 1, fused.max() + 2])
+    assert far[0] < far[1] < 1
+    np.testing.assert_allclose(calibration.probability(0.0), 1 / (1 + np.exp(-a)))
+    assert model.Calibration.read(calibration.save(tmp_path / "f.json")) == calibration
+    # refused under the exhaustive config (raw scores are on another scale)
+    assert model.load_calibration(two_stage.replace(shortlist_k=0), tmp_path / "f.json") is None
+
+
+@pytest.mark.parametrize("coef", [[1.0], [0.0, -1.0], [0.0, float("nan")], ["1", 2.0], [True, 1.0]])
+def test_a_bad_logistic_is_refused(coef):
+    with pytest.raises(model.CalibrationError, match="logistic"):
+        model.Calibration([0.0, 1.0], [0.1, 0.9], "f", "fused", "logistic", logistic=coef)
+
+
+def test_the_built_in_defaults_are_calibrated_by_the_shipped_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_config, "DEFAULT_CONFIG_DIR", tmp_path / "v_config")  # no user file
+    defaults = core.Config({})
+    shipped = model.load_calibration(defaults)
+    assert shipped is not None, "wbia_lightglue/calibrations/ holds no calibration of the default settings"
+    assert shipped.match_fingerprint == defaults.pair_score_fingerprint and shipped.logistic is not None
+    assert {"fitted_on", "date", "settings", "command"} <= set(shipped.meta)
+    assert 0 < shipped.num_positive < shipped.num_pairs
+    p = shipped.probability([0.0, 2.0, 4.0, 8.0])
+    assert np.all(np.diff(p) > 0) and p[0] < 0.1 and p[-1] > 0.5
+    # other settings: nothing shipped for them
+    assert model.load_calibration(defaults.replace(max_num_keypoints=256)) is None
+    # the user's own file (wbia-lightglue calibrate) takes precedence over the shipped one
+    mine = cal.fit(*synthetic_pairs(), defaults, "logistic")
+    model.save_calibration(mine, defaults)
+    assert model.load_calibration(defaults) == mine

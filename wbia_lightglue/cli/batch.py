@@ -144,8 +144,9 @@ def _write_rankings(output: Path, results: List[QueryRanking], meta: Dict[str, A
     """rankings.csv, rankings.json and failed.csv from the results so far, each written atomically."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["query", "rank", "individual", "score", "annotation"])
-    writer.writerows([r.query, c.rank, c.individual, f"{c.score:.6f}", c.annotation]
+    writer.writerow(["query", "rank", "individual", "score", "annotation", "probability"])
+    writer.writerows([r.query, c.rank, c.individual, f"{c.score:.6f}", c.annotation,
+                      "" if c.probability is None else f"{c.probability:.4f}"]
                      for r in results for c in r.candidates)
     failures = io.StringIO()
     writer = csv.writer(failures, lineterminator="\n")

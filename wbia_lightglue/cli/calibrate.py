@@ -1,7 +1,9 @@
-"""``wbia-lightglue calibrate``: fit raw score -> P(same individual) on a labelled dataset's pairs and save it.
+"""``wbia-lightglue calibrate``: fit ranking score -> P(same individual) on a labelled dataset's pairs, save it.
 
 The fitting and the file format are :mod:`wbia_lightglue.evaluation.calibration`; this step scores the
-dataset, fits on every pair, saves beside the config, and checks the fit on held-out individuals.
+dataset through the pipeline under the config's mode (two-stage: the fused score of every directed (query,
+candidate) pair; exhaustive: the raw LightGlue score of every pair), fits, saves beside the config, and checks
+the fit on held-out individuals. It replaces the calibration shipped for the built-in defaults.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any, Dict, Optional, Union
 from ..data.dataset import Dataset, load_dataset
 from ..engine.calibration import Calibration, calibration_path, save_calibration
 from ..engine.config import ConfigLike, resolve_config
-from ..evaluation.calibration import METHODS, fit, held_out_check, labelled_pairs
+from ..evaluation.calibration import METHODS, default_method, fit, held_out_check, labelled_pairs
 from ..evaluation.datasets import score_dataset
 from .common import config_from_args, require_writable
 
@@ -35,7 +37,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--output", type=Path, metavar="JSON",
                      help="where to save it (default: beside the config file, <config>.calibration.json)")
     cmd.add_argument("--group-by", metavar="COLUMN", help="compare only annotations with equal COLUMN (e.g. side)")
-    cmd.add_argument("--method", choices=METHODS, default="isotonic")
+    cmd.add_argument("--method", choices=METHODS,
+                     help="default: logistic for the two-stage (fused) score, isotonic for exhaustive LightGlue")
     cmd.set_defaults(func=run)
 
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(dataset: Union[str, Path, Dataset], config: ConfigLike = None, output: Union[str, Path, None] = None, *,
-         group_by: Optional[str] = None, method: str = "isotonic", cache_dir: Union[str, Path, None] = None,
+         group_by: Optional[str] = None, method: Optional[str] = None, cache_dir: Union[str, Path, None] = None,
          progress: bool = True) -> CalibrationRun:
     """Score every comparable pair of a labelled dataset once, fit on all of them, save the calibration.
 
@@ -64,11 +67,13 @@ def main(dataset: Union[str, Path, Dataset], config: ConfigLike = None, output: 
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
     labels = [a.individual for a in scored.dataset.annotations]
-    scores, same = labelled_pairs(scored.scores, labels)
+    directed = config.mode == "two_stage"  # a fused score depends on which photo is the query
+    method = method or default_method(config)
+    scores, same = labelled_pairs(scored.scores, labels, directed=directed)
     calibration = fit(scores, same, config, method, dataset=str(data.source), group_by=group_by)
     path = save_calibration(calibration, config, output)
     png = path.with_name(path.name.replace(".json", "") + ".reliability.png")
-    check = held_out_check(scored.scores, labels, config, method, plot=png)
+    check = held_out_check(scored.scores, labels, config, method, plot=png, directed=directed)
     calibration.meta["held_out"] = check
     calibration.save(path)
     return CalibrationRun(calibration, path, check, png if png.is_file() else None)

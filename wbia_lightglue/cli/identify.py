@@ -1,11 +1,13 @@
 """``wbia-lightglue identify``: rank a database's individuals by how well they match a photo.
 
-Each database annotation is matched with LightGlue against the query (config ``score``), the
-annotation scores are aggregated per individual (config ``name_score``), and individuals are ranked by
-that score; each row also names the individual's best-matching annotation. When the config has a
-calibration (``wbia-lightglue calibrate``), each row also carries ``probability``: P(same individual)
-of that best-matching annotation's raw score. ``--report PATH`` writes a self-contained HTML page: the query,
-its top candidates with their photos and the match pictures (evaluation.html_report).
+The query goes through the pipeline (``pipeline.score_query``) under the config's mode: by default two-stage
+(stage 1 ranks the whole database, LightGlue matches its top ``shortlist_k``, the two scores are fused);
+``shortlist_k: 0`` matches every database annotation with LightGlue (exhaustive). Annotation scores are
+aggregated per individual (config ``name_score``) and individuals ranked by that score; each row also names the
+individual's best-matching annotation, its raw LightGlue score, and ``probability``: P(same individual) of
+that annotation's ranking score, from the calibration of these settings (``wbia-lightglue calibrate``, or
+the one shipped for the defaults). ``--report PATH`` writes a self-contained HTML page: the query, its top
+candidates with their photos and the match pictures (evaluation.html_report).
 
 With ``--output DIR``, or when QUERIES is a folder or a CSV, the batch form runs instead (``cli.batch``):
 every photo ranked against one loaded database, resumable, with ``rankings.csv``/``.json`` and one report.
@@ -164,7 +166,7 @@ def main(
     calibration = calibration_for(config)
     ranking = rank_individuals(scored.scores.tolist(), [a.individual for a in scored.candidates], config["name_score"])
     db, q = source.database_report, source.query_report
-    result = Identification(str(query), candidate_rows(scored.candidates, ranking, scored.lightglue, calibration),
+    result = Identification(str(query), candidate_rows(scored.candidates, ranking, scored, calibration),
                             loaded=q.loaded + db.loaded, extracted=q.extracted + db.extracted, skipped=db.failed)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
@@ -187,5 +189,6 @@ def _write_csv(path: Union[str, Path], candidates: Sequence[Candidate]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "individual", "annotation", "score"])
-        writer.writerows([c.rank, c.individual, c.annotation, f"{c.score:.6f}"] for c in candidates)
+        writer.writerow(["rank", "individual", "annotation", "score", "probability"])
+        writer.writerows([c.rank, c.individual, c.annotation, f"{c.score:.6f}",
+                          "" if c.probability is None else f"{c.probability:.4f}"] for c in candidates)

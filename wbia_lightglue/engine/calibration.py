@@ -1,11 +1,15 @@
-"""The calibration model: a monotone map from a raw pair score to P(same individual).
+"""The calibration model: a monotone map from a pair's ranking score to P(same individual).
 
-Raw LightGlue scores (config ``score``) are unbounded and their scale depends on the config (keypoints,
-thresholds, score variant), so a calibration is tied to the config's ``match_fingerprint`` and is
-ignored, with a logged warning, under any other config.
+The ranking score of a pair is the raw LightGlue score (exhaustive mode) or the fused score of stage 1 and
+LightGlue (two-stage mode, ``engine.fusion``). Both are unbounded and their scale depends on the config, so a
+calibration is tied to the config's ``pair_score_fingerprint`` (in exhaustive mode: its match fingerprint;
+the file field keeps its historical name ``match_fingerprint``) and is ignored, with a logged warning, under
+any other config.
 
 A calibration is a list of knots ``(x, p)``: raw score -> probability, non-decreasing, applied by linear
-interpolation and clipped at both ends (``np.interp``). It is fitted on labelled annotation pairs
+interpolation and clipped at both ends (``np.interp``); a logistic fit also keeps its two coefficients
+(``logistic = [a, b]``: p = sigmoid(a + b log1p(score))), applied instead of the knots, so the map stays
+strictly increasing past the fitted range (no ties among strong matches). It is fitted on labelled annotation pairs
 (every comparable pair of a labelled set, scored once) by isotonic regression (default) or by a
 logistic regression on ``log1p(score)`` sampled into knots, and stored as a small JSON file::
 
@@ -16,8 +20,12 @@ The probability is the *pair* probability under the fitting set's share of same-
 a database with a very different mix of individuals shifts it (the ranking never changes).
 
 Location: next to the config file, ``<config>.calibration.json`` (``config.json`` ->
-``config.calibration.json``); for the built-in defaults, ``<config dir>/config.calibration.json``
-(``/v_config/lightglue`` unless ``WBIA_LIGHTGLUE_CONFIG_DIR`` says otherwise).
+``config.calibration.json``; a two-stage config's: ``config.two_stage.calibration.json``); for the built-in
+defaults, ``<config dir>/config[.two_stage].calibration.json`` (``/v_config/lightglue`` unless
+``WBIA_LIGHTGLUE_CONFIG_DIR`` says otherwise). When that file is absent or belongs to other settings, a
+calibration shipped inside the package (``wbia_lightglue/calibrations/``, fitted by
+``benchmarks/default_calibration.py`` on the shared nyala fit part) is used if it was fitted under this
+config's pair-score fingerprint: the built-in defaults are calibrated out of the box.
 
 Fitting lives in :mod:`wbia_lightglue.evaluation.calibration`; this module only applies, reads and writes.
 """
@@ -40,6 +48,7 @@ logger = logging.getLogger("wbia_lightglue")
 FORMAT_VERSION = 1
 CALIBRATION_SUFFIX = ".calibration.json"
 MAX_CALIBRATION_BYTES = 16 << 20  # isotonic knots of millions of pairs fit in a few MB
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "calibrations"  # shipped with the package
 
 
 class CalibrationError(ValueError):
@@ -58,6 +67,7 @@ class Calibration:
     num_pairs: int = 0
     num_positive: int = 0
     meta: Dict[str, Any] = field(default_factory=dict)
+    logistic: Optional[List[float]] = None  # [a, b] of p = sigmoid(a + b log1p(score)), b > 0; else the knots
 
     def __post_init__(self) -> None:
         for name in ("x", "p"):  # lists of plain numbers: no strings ("1.5"), booleans, nested lists
@@ -77,10 +87,21 @@ class Calibration:
             raise CalibrationError("calibration knots must be non-decreasing in x and in p")
         if np.any(p < 0) or np.any(p > 1):
             raise CalibrationError("calibration probabilities must lie in [0, 1]")
+        if self.logistic is not None:
+            coef = self.logistic
+            if not (isinstance(coef, (list, tuple)) and len(coef) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in coef)
+                    and coef[1] > 0):
+                raise CalibrationError("calibration logistic must be [a, b]: two finite numbers, b > 0")
 
     def probability(self, scores: Union[float, Sequence[float], np.ndarray]) -> np.ndarray:
-        """P(same individual) of each raw score (array of the input's shape; clipped outside the knots)."""
-        return np.interp(np.asarray(scores, float), self.x, self.p)
+        """P(same individual) of each score (array of the input's shape)."""
+        values = np.asarray(scores, float)
+        if self.logistic is not None:
+            a, b = self.logistic
+            z = a + b * np.log1p(np.maximum(np.nan_to_num(values, nan=0.0), 0.0))
+            return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        return np.interp(values, self.x, self.p)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"version": FORMAT_VERSION, **asdict(self)}
@@ -117,41 +138,66 @@ class Calibration:
 
 
 def calibration_path(config: Config) -> Path:
-    """Where the calibration of ``config`` lives: ``<config file stem>.calibration.json`` beside the file."""
+    """Where the calibration of ``config`` lives, beside its file: ``<config file stem>.calibration.json``
+    for the raw LightGlue score (exhaustive), ``<stem>.two_stage.calibration.json`` for the fused one."""
     source = Path(config.source) if config.source else config_module.DEFAULT_CONFIG_DIR / "config.json"
-    return source.with_name(source.stem + CALIBRATION_SUFFIX)
+    mode = "" if config.mode == "exhaustive" else ".two_stage"
+    return source.with_name(source.stem + mode + CALIBRATION_SUFFIX)
 
 
 def save_calibration(calibration: Calibration, config: Config,
                      path: Union[str, Path, None] = None) -> Path:
     """Store ``calibration`` for ``config`` (at ``path``, default ``calibration_path(config)``)."""
-    if calibration.match_fingerprint != config.match_fingerprint:
-        raise CalibrationError(f"calibration was fitted under match fingerprint {calibration.match_fingerprint}, "
-                               f"not this config's {config.match_fingerprint}")
+    if calibration.match_fingerprint != config.pair_score_fingerprint:
+        raise CalibrationError(f"calibration was fitted under fingerprint {calibration.match_fingerprint}, "
+                               f"not this config's {config.pair_score_fingerprint}")
     written = calibration.save(path if path is not None else calibration_path(config))
     logger.info("calibration saved to %s", written)
     return written
 
 
 def load_calibration(config: Config, path: Union[str, Path, None] = None) -> Optional[Calibration]:
-    """The calibration for ``config``, or None when there is none or it does not belong to this config.
+    """The calibration for ``config``, or None when there is none for these settings.
 
-    A file fitted under another match fingerprint (other keypoints, thresholds or score) is ignored
-    with a warning, as is an unreadable one: raw scores are still returned, just without probabilities.
+    The file at ``path`` (default ``calibration_path(config)``) when it was fitted under this config's
+    pair-score fingerprint; else (no ``path`` given) a shipped one that was (``builtin_calibration``). A file
+    fitted under other settings (keypoints, thresholds, score, stage 1, fusion) or an unreadable one is
+    ignored with a warning: scores are still returned, just without probabilities.
     """
+    explicit = path is not None
     path = Path(path) if path is not None else calibration_path(config)
-    if not path.exists():
-        return None
-    try:
-        calibration = Calibration.read(path)
-    except (OSError, CalibrationError) as exc:  # a FIFO, a folder, binary, ragged, NaN...: never fatal
-        logger.warning("calibration %s is unusable (%s); scores are not calibrated", path, exc)
-        return None
-    if calibration.match_fingerprint != config.match_fingerprint:
-        logger.warning("calibration %s was fitted under match fingerprint %s, but the config's is %s; "
-                       "ignored (re-run calibrate)", path, calibration.match_fingerprint, config.match_fingerprint)
-        return None
-    return calibration
+    if path.exists():
+        try:
+            calibration = Calibration.read(path)
+        except (OSError, CalibrationError) as exc:  # a FIFO, a folder, binary, ragged, NaN...: never fatal
+            logger.warning("calibration %s is unusable (%s); scores are not calibrated by it", path, exc)
+        else:
+            if calibration.match_fingerprint == config.pair_score_fingerprint:
+                return calibration
+            logger.warning("calibration %s was fitted under fingerprint %s, but the config's is %s; ignored "
+                           "(re-run calibrate)", path, calibration.match_fingerprint, config.pair_score_fingerprint)
+    return None if explicit else builtin_calibration(config)
+
+
+def builtin_calibration(config: Config) -> Optional[Calibration]:
+    """The calibration shipped in the package for ``config``'s pair-score fingerprint, if any."""
+    fingerprint = config.pair_score_fingerprint
+    if fingerprint not in _BUILTIN:
+        found = None
+        for path in sorted(BUILTIN_DIR.glob("*" + CALIBRATION_SUFFIX)):
+            try:
+                calibration = Calibration.read(path)
+            except (OSError, CalibrationError) as exc:  # a damaged install: say so, never fail a query
+                logger.warning("shipped calibration %s is unusable: %s", path, exc)
+                continue
+            if calibration.match_fingerprint == fingerprint:
+                found = calibration
+                break
+        _BUILTIN[fingerprint] = found
+    return _BUILTIN[fingerprint]
+
+
+_BUILTIN: Dict[str, Optional[Calibration]] = {}  # pair-score fingerprint -> shipped calibration (read once)
 
 
 def probabilities(calibration: Optional[Calibration], scores: Sequence[float]) -> Optional[List[float]]:

@@ -118,8 +118,9 @@ SPECS: Dict[str, KeySpec] = {
     "web_max_database": KeySpec(0, "integer", lambda v: 0 <= v <= 100_000, "0 (automatic) .. 100000"),
     # two-stage identification (engine.stage1, engine.fusion): stage 1 ranks the whole database with a
     # kNN index (or WBIA's HotSpotter), LightGlue scores only its top shortlist_k, the two scores are fused.
-    # shortlist_k = 0: exhaustive LightGlue, exactly the one-stage scores
-    "shortlist_k": KeySpec(0, "integer", lambda v: 0 <= v <= 100000, "0 (exhaustive) .. 100000"),
+    # shortlist_k = 0: exhaustive LightGlue, exactly the one-stage scores; the default 20 was chosen on part A
+    # of benchmarks/two_stage.py (a database of at most 20 annotations is matched in full, and still fused)
+    "shortlist_k": KeySpec(20, "integer", lambda v: 0 <= v <= 100000, "0 (exhaustive) .. 100000"),
     "shortlist_source": KeySpec("index", "string", *_choice(*SHORTLIST_SOURCES)),
     # stage-1 features on the chip downsized to a long edge of at most shortlist_image_size: Hessian-affine
     # SIFT (pyhesaff, HotSpotter's detector) or OpenCV's DoG RootSIFT; at most shortlist_features a chip.
@@ -239,6 +240,18 @@ class Config(Mapping):
         ``shortlist_k``, the scores are fused), else ``"exhaustive"`` (LightGlue against every annotation).
         """
         return "two_stage" if self._values["shortlist_k"] > 0 else "exhaustive"
+
+    @property
+    def pair_score_fingerprint(self) -> str:
+        """Digest of everything that changes a pair's ranking score (what a calibration maps to a probability).
+
+        Exhaustive: the match fingerprint (the score is LightGlue's). Two-stage: match scores, stage 1 and the
+        fusion, but not the name score (which combines pair scores into an individual's).
+        """
+        if self.mode == "exhaustive":
+            return self.match_fingerprint
+        return digest({"match": self.match_fingerprint, "shortlist": self.shortlist_fingerprint,
+                       **{k: self._values[k] for k in RANKING_KEYS if k != "name_score"}})
 
     @property
     def ranking_fingerprint(self) -> str:

@@ -1,23 +1,15 @@
-"""Fitting score calibrations: a monotone map from a raw pair score to P(same individual).
+"""Fitting score calibrations: a monotone map from a pair's ranking score to P(same individual).
 
-Raw LightGlue scores (config ``score``) are unbounded and their scale depends on the config (keypoints,
-thresholds, score variant), so a calibration is tied to the config's ``match_fingerprint`` and is
-ignored, with a logged warning, under any other config.
-
-A calibration is a list of knots ``(x, p)``: raw score -> probability, non-decreasing, applied by linear
-interpolation and clipped at both ends (``np.interp``). It is fitted on labelled annotation pairs
-(every comparable pair of a labelled set, scored once) by isotonic regression (default) or by a
-logistic regression on ``log1p(score)`` sampled into knots, and stored as a small JSON file::
-
-    {"version": 1, "method": "isotonic", "match_fingerprint": "...", "score": "confidence_sum",
-     "x": [...], "p": [...], "num_pairs": N, "num_positive": M, "meta": {...}}
+The model, its file and where it is looked up are :mod:`wbia_lightglue.engine.calibration`; a calibration
+is tied to the config's ``pair_score_fingerprint`` (exhaustive: the raw LightGlue score's settings;
+two-stage: the fused score's). Fitted on labelled annotation pairs by isotonic regression (knots, linear
+interpolation) or by a logistic regression on ``log1p(score)`` (its two coefficients, strictly increasing).
+Exhaustive scores are symmetric, so each unordered pair counts once; fused scores depend on which photo is
+the query (its stage-1 shortlist), so there every directed (query, candidate) pair counts
+(``labelled_pairs(..., directed=True)``).
 
 The probability is the *pair* probability under the fitting set's share of same-individual pairs:
 a database with a very different mix of individuals shifts it (the ranking never changes).
-
-Location: next to the config file, ``<config>.calibration.json`` (``config.json`` ->
-``config.calibration.json``); for the built-in defaults, ``<config dir>/config.calibration.json``
-(``/v_config/lightglue`` unless ``WBIA_LIGHTGLUE_CONFIG_DIR`` says otherwise).
 """
 from __future__ import annotations
 
@@ -50,11 +42,22 @@ def fit(scores: Sequence[float], same: Sequence[bool], config: Config, method: s
     if same.all() or not same.any():
         raise CalibrationError(f"calibration needs same- and different-individual pairs; got {int(same.sum())} "
                                f"same of {len(same)}")
-    x, p = _isotonic_knots(scores, same) if method == "isotonic" else _logistic_knots(scores, same)
+    coef: Optional[List[float]] = None
+    if method == "isotonic":
+        x, p = _isotonic_knots(scores, same)
+    else:
+        x, p, coef = _logistic_knots(scores, same)
     logger.info("calibration (%s) fitted on %d pairs (%d same individual): %d knots", method, len(scores),
                 int(same.sum()), len(x))
-    return Calibration([float(v) for v in x], [float(v) for v in p], config.match_fingerprint, config["score"],
-                       method, int(len(scores)), int(same.sum()), dict(meta))
+    return Calibration([float(v) for v in x], [float(v) for v in p], config.pair_score_fingerprint,
+                       score_name(config), method, int(len(scores)), int(same.sum()), dict(meta), coef)
+
+
+def score_name(config: Config) -> str:
+    """What a calibration of ``config`` maps: the LightGlue score (exhaustive) or the fused score (two-stage)."""
+    if config.mode == "exhaustive":
+        return str(config["score"])
+    return f"fused {config['fusion']} (stage 1 + {config['score']}, top {config['shortlist_k']})"
 
 
 def _isotonic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -64,7 +67,7 @@ def _isotonic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, n
     return model.X_thresholds_, np.clip(model.y_thresholds_, 0.0, 1.0)
 
 
-def _logistic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _logistic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, np.ndarray, List[float]]:
     from sklearn.linear_model import LogisticRegression
 
     feature = np.log1p(np.maximum(scores, 0))[:, None]
@@ -73,14 +76,17 @@ def _logistic_knots(scores: np.ndarray, same: np.ndarray) -> Tuple[np.ndarray, n
         raise CalibrationError("higher scores predict different individuals on these pairs; not calibrating")
     x = np.unique(np.quantile(scores, np.linspace(0, 1, LOGISTIC_KNOTS)))
     p = model.predict_proba(np.log1p(np.maximum(x, 0))[:, None])[:, 1]
-    return x, np.maximum.accumulate(p)
+    if model.coef_[0, 0] == 0:
+        raise CalibrationError("the scores do not separate same from different individuals on these pairs")
+    return x, np.maximum.accumulate(p), [float(model.intercept_[0]), float(model.coef_[0, 0])]
 
 
-def labelled_pairs(scores: np.ndarray, labels: Sequence[Any],
-                   rows: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """(raw score, same individual) of each compared pair i < j of a score matrix, both annotations labelled.
+def labelled_pairs(scores: np.ndarray, labels: Sequence[Any], rows: Optional[Sequence[int]] = None, *,
+                   directed: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """(score, same individual) of each compared pair i < j of a score matrix, both annotations labelled.
 
     ``rows``: restrict to pairs whose two annotations are both in ``rows`` (e.g. the fitting individuals).
+    ``directed``: every compared (i, j), i != j (a matrix whose rows are queries and is not symmetric).
     Unlabelled annotations (None, '', nid <= 0) are left out: the truth of their pairs is unknown.
     """
     from .protocol import is_unlabelled
@@ -90,6 +96,8 @@ def labelled_pairs(scores: np.ndarray, labels: Sequence[Any],
     keep[list(range(len(labels))) if rows is None else list(rows)] = True
     keep &= np.array([not is_unlabelled(lab) for lab in labels], bool)
     i, j = np.triu_indices(len(labels), k=1)
+    if directed:
+        i, j = np.concatenate([i, j]), np.concatenate([j, i])
     mask = keep[i] & keep[j] & np.isfinite(scores[i, j])
     i, j = i[mask], j[mask]
     same = np.array([labels[a] == labels[b] for a, b in zip(i, j)], bool)
@@ -143,12 +151,17 @@ def reliability(probabilities: Sequence[float], same: Sequence[bool], bins: int 
 
 
 # ============================================================================ held-out check
+def default_method(config: Config) -> str:
+    """Isotonic for raw LightGlue scores; logistic (strictly increasing: no ties made) for fused scores."""
+    return "isotonic" if config.mode == "exhaustive" else "logistic"
+
+
 def held_out_check(scores: np.ndarray, labels: Sequence[Any], config: Config, method: str = "isotonic",
-                   plot: Union[str, Path, None] = None) -> Dict[str, Any]:
+                   plot: Union[str, Path, None] = None, *, directed: bool = False) -> Dict[str, Any]:
     """Fit on half the individuals, measure Brier/ECE on pairs of the other half (split_by_individual)."""
     fit_rows, test_rows = split_by_individual(labels)
-    fit_scores, fit_same = labelled_pairs(scores, labels, fit_rows)
-    test_scores, test_same = labelled_pairs(scores, labels, test_rows)
+    fit_scores, fit_same = labelled_pairs(scores, labels, fit_rows, directed=directed)
+    test_scores, test_same = labelled_pairs(scores, labels, test_rows, directed=directed)
     out: Dict[str, Any] = {"fit_pairs": int(len(fit_same)), "held_out_pairs": int(len(test_same)),
                            "held_out_individuals": len({str(labels[i]) for i in test_rows})}
     try:

@@ -33,7 +33,7 @@ from ..data.store import content_key
 from ..engine.calibration import Calibration
 from ..engine.config import Config
 from .files import StoreSource
-from .stages import RankedIndividual, calibration_for, rank_individuals, score_query
+from .stages import QueryScores, RankedIndividual, calibration_for, rank_individuals, score_query
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -48,26 +48,31 @@ class Candidate:
     rank: int
     individual: str
     annotation: str  # the individual's best-matching annotation (short name)
-    score: float  # the ranking score (name score of the individual)
+    score: float  # the ranking score (name score of the individual): fused (two-stage) or LightGlue's
     path: str = ""  # that annotation's image file
-    probability: Optional[float] = None  # calibrated P(same individual) of that annotation's score
+    probability: Optional[float] = None  # calibrated P(same individual) of that annotation's ranking score
+    lightglue: Optional[float] = None  # that annotation's raw LightGlue score (None: outside the shortlist)
 
 
 def candidate_rows(annotations: Sequence[Annotation], ranking: Sequence[RankedIndividual],
-                   raw_scores: Optional[Sequence[float]] = None,
+                   scored: Optional[QueryScores[Any]] = None,
                    calibration: Optional[Calibration] = None) -> List[Candidate]:
     """The ranking's rows for photos: each individual with its best-matching annotation (and its file).
 
-    With a ``calibration`` each row carries the probability of its best annotation's raw LightGlue score
-    (``raw_scores``, aligned with ``annotations``).
+    With the query's ``scored`` stages each row carries its best annotation's raw LightGlue score and, with a
+    ``calibration``, the probability of that annotation's ranking score (a monotone map: same order).
     """
     rows = []
     for row in ranking:
         annot = annotations[row.best]
-        probability = None
-        if calibration is not None and raw_scores is not None:
-            probability = float(calibration.probability(float(raw_scores[row.best])))
-        rows.append(Candidate(row.rank, str(row.individual), annot.name, row.score, str(annot.path), probability))
+        probability = lightglue = None
+        if scored is not None:
+            if scored.matched[row.best]:
+                lightglue = float(scored.lightglue[row.best])
+            if calibration is not None:
+                probability = float(calibration.probability(float(scored.scores[row.best])))
+        rows.append(Candidate(row.rank, str(row.individual), annot.name, row.score, str(annot.path), probability,
+                              lightglue))
     return rows
 
 
@@ -269,7 +274,7 @@ def _identify_one(queries: Dataset, query: Annotation, source: StoreSource, conf
     except ImageReadError as exc:  # undecodable, truncated, or a chip too small to use
         return QueryRanking(label, path, error=str(exc), key=key)
     ranking = rank_individuals(scored.scores.tolist(), [a.individual for a in scored.candidates], config["name_score"])
-    rows = candidate_rows(scored.candidates, ranking, scored.lightglue.tolist(), calibration)
+    rows = candidate_rows(scored.candidates, ranking, scored, calibration)
     result = QueryRanking(label, path, rows[:top], key=key, complete=len(rows) <= top,
                           compared=len(scored.candidates))
     if journal is not None:

@@ -137,12 +137,13 @@ def rank_individuals(scores: Sequence[float], individuals: Sequence[Hashable],
 
 
 def calibration_for(config: Config) -> Optional[Calibration]:
-    """The calibration that turns this run's ranking scores into P(same individual), if there is one.
+    """The calibration that turns this run's pair ranking scores into P(same individual), if there is one.
 
-    A calibration maps raw LightGlue scores: it applies in exhaustive mode only (fused scores are on
-    another scale), and only when one was fitted under this config's match fingerprint.
+    Raw LightGlue scores (exhaustive) and fused scores (two-stage) are on different scales: a calibration is
+    tied to the config's ``pair_score_fingerprint`` — the user's file beside the config
+    (``wbia-lightglue calibrate``), else the one shipped for the built-in defaults (``engine.calibration``).
     """
-    return load_calibration(config) if config.mode == "exhaustive" else None
+    return load_calibration(config)
 
 
 # ---------------------------------------------------------------------------------------------- many queries

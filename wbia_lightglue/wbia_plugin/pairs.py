@@ -119,21 +119,21 @@ def lightglue_evaluate(ibs, aid_list: Sequence[int], config_path: ConfigPath = N
 @register_ibs_method
 def lightglue_calibrate(ibs, aid_list: Sequence[int], config_path: ConfigPath = None,
                         output: Union[str, Path, None] = None) -> str:
-    """Fit score -> P(same individual) on every pair of ``aid_list`` (labels = names) and save it.
+    """Fit ranking score -> P(same individual) on the pairs of ``aid_list`` (labels = names) and save it.
 
-    Unnamed annotations take part in no pair. The calibration is saved beside the config file
-    (``engine.calibration.calibration_path``: ``<config>.calibration.json``, for the defaults
-    ``<config dir>/config.calibration.json``) unless ``output`` names a file; returns the path.
-    Once saved, ``lightglue_api_match_scores`` returns probabilities beside the raw scores.
+    Under the config's mode: two-stage fits the fused score of every directed (query, candidate) pair,
+    exhaustive the raw LightGlue score of every pair. Unnamed annotations take part in no pair. The
+    calibration is saved beside the config file (``engine.calibration.calibration_path``) unless ``output``
+    names a file; returns the path. Once saved, query results (two-stage) and ``lightglue_api_match_scores``
+    (exhaustive) carry probabilities.
     """
     config = as_config(config_path)
     aids = list(aid_list)
     nids = ibs.get_annot_nids(aids)
-    # a calibration maps raw LightGlue scores: every pair is matched, whatever the config's mode
-    raw = config.replace(shortlist_k=0)
-    scores, same = calibration.labelled_pairs(score_matrix(len(aids), AnnotationSetSource(ibs, aids, raw), raw).scores,
-                                              nids)
-    fitted = calibration.fit(scores, same, config, annotations=len(aids))
+    directed = config.mode == "two_stage"
+    scores, same = calibration.labelled_pairs(
+        score_matrix(len(aids), AnnotationSetSource(ibs, aids, config), config).scores, nids, directed=directed)
+    fitted = calibration.fit(scores, same, config, calibration.default_method(config), annotations=len(aids))
     return str(save_calibration(fitted, config, output))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from .. import core
 from ..engine.config import Mode
 from ..evaluation import drawing
-from ..pipeline import score_query
+from ..pipeline import calibration_for, score_query
 from .chips import QueryChipError, annot_chips, annot_uuids
 from .configs import as_config, from_depc_config, resolve_config_path
 from .pairs import pair_matches, pair_scores
@@ -138,13 +138,18 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         for qaid, daid in parent_rowids if parent_rowids is not None else request.parent_rowids:
             grouped.setdefault(int(qaid), []).append(int(daid))
         source = DepcSource(request, grouped, use_cache)
+        # two-stage: the annotation scores are P(same individual) of the fused scores when a calibration exists
+        # (the shipped one for the defaults); exhaustive keeps LightGlue's raw sums (Wildbook's range)
+        calibration = calibration_for(config) if config.mode == "two_stage" else None
         cms = []
         for qaid, daids in grouped.items():
             scored = score_query(qaid, source, config)
             stage1 = config["shortlist_source"] if scored.mode == "two_stage" else "none"
-            logger.info("%s query %d: stage 1 (%s) over %d annotations, LightGlue on %d",
-                        scored.mode.replace("_", "-"), qaid, stage1, len(daids), int(scored.matched.sum()))
-            cms.append(_annot_match(ibs, qaid, scored.candidates, scored.scores.tolist(), request.config["name_score"]))
+            logger.info("%s query %d: stage 1 (%s) over %d annotations, LightGlue on %d%s",
+                        scored.mode.replace("_", "-"), qaid, stage1, len(daids), int(scored.matched.sum()),
+                        "; calibrated" if calibration is not None else "")
+            scores = scored.scores if calibration is None else calibration.probability(scored.scores)
+            cms.append(_annot_match(ibs, qaid, scored.candidates, scores.tolist(), request.config["name_score"]))
         return cms
 
     def render_single_result(request, cm, aid, **kwargs):

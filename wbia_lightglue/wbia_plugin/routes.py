@@ -169,7 +169,8 @@ def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_l
     scores = ibs.lightglue_match_scores(qaid, daids, config)
     return {"query_annot_uuid": str(quuid), "database_annot_uuid_list": [str(u) for u in duuids],
             "score_list": [float(s) for s in scores],
-            "probability_list": probabilities(load_calibration(config), scores),
+            # raw LightGlue scores: the exhaustive-mode calibration maps them (lightglue_calibrate, shortlist_k 0)
+            "probability_list": probabilities(load_calibration(config.replace(shortlist_k=0)), scores),
             "config_path": config.source}
 
 
