@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Union
 from ..data.dataset import Annotation, Dataset, load_queries
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..files import atomic_write_text, remove_stale_temp_files
+from ..files import atomic_write_text, printable, remove_stale_temp_files
 from ..pipeline import calibration_for
 from ..pipeline.batch import CHECKPOINT_SECONDS, Journal, QueryRanking, database_fingerprint, identify_batch
 from ..pipeline.files import StoreSource, store_source
@@ -78,7 +78,7 @@ class BatchRun:
                 f"{self.resumed} kept from the journal), {len(self.failed)} failed")
         if self.failed:
             line += f" (see {self.output / FAILED_CSV})"
-            line += "".join(f"\n  {r.query}: {r.error}" for r in self.failed[:10])
+            line += "".join(f"\n  {printable(r.query)}: {printable(r.error or '')}" for r in self.failed[:10])
             line += f"\n  ... and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
         return line
 
@@ -145,12 +145,13 @@ def _write_rankings(output: Path, results: List[QueryRanking], meta: Dict[str, A
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["query", "rank", "individual", "score", "annotation"])
-    writer.writerows([r.query, c.rank, c.individual, f"{c.score:.6f}", c.annotation]
+    writer.writerows([printable(r.query), c.rank, printable(c.individual), f"{c.score:.6f}", printable(c.annotation)]
                      for r in results for c in r.candidates)
     failures = io.StringIO()
     writer = csv.writer(failures, lineterminator="\n")
     writer.writerow(["query", "path", "error"])
-    writer.writerows([r.query, r.path, r.error] for r in results if r.error is not None)
+    writer.writerows([printable(r.query), printable(r.path), printable(r.error or "")]
+                     for r in results if r.error is not None)
     failed = sum(r.error is not None for r in results)
     resumed = sum(r.resumed for r in results)
     db = source.database_report
