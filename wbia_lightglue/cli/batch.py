@@ -34,7 +34,7 @@ from ..evaluation import html_report
 from ..files import atomic_write_text, printable, remove_stale_temp_files
 from ..pipeline import calibration_for
 from ..pipeline.batch import CHECKPOINT_SECONDS, Journal, QueryRanking, database_fingerprint, identify_batch
-from ..pipeline.files import StoreSource, store_source
+from ..pipeline.files import StoreSource, check_stage1_source, store_source
 from .common import features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
@@ -100,6 +100,7 @@ def main(
     Raises NothingIdentified (after writing the outputs) when every query failed.
     """
     config = resolve_config(config)
+    check_stage1_source(config)  # settings first: no output folder is made under a bad one
     output = Path(output)
     require_writable(output)
     remove_stale_temp_files(output, STALE_TEMP_SECONDS)

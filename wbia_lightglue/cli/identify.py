@@ -26,7 +26,7 @@ from ..evaluation import html_report
 from ..files import atomic_write_text, printable
 from ..pipeline import calibration_for, rank_individuals, score_query
 from ..pipeline.batch import Candidate, candidate_rows
-from ..pipeline.files import store_source
+from ..pipeline.files import check_stage1_source, store_source
 from . import batch
 from .common import UsageError, check_top, config_from_args, features_line, require_writable
 
@@ -167,7 +167,8 @@ def main(
     (DEFAULT_TOP when ``top`` is None), matched again with ``return_matches`` for their pictures.
     """
     config = resolve_config(config)
-    require_writable(*(Path(p).parent for p in (json_path, csv_path) if p is not None))
+    check_stage1_source(config)  # settings first: nothing is read, extracted or created under a bad one
+    require_writable(*(Path(p).parent for p in (json_path, csv_path, report_path) if p is not None))
     logger.info("identify %s against %s (config %s)", query, database, config.fingerprint)
     query_annot = Annotation(Path(query), "?")
     if not query_annot.path.is_file():
