@@ -329,7 +329,7 @@ class Stage1Index:
         try:
             with np.load(path, allow_pickle=False) as data:
                 if int(data["format"]) != INDEX_FORMAT or str(data["fingerprint"]) != index.fingerprint:
-                    raise ValueError(f"stage-1 index {path} was built with another config "
+                    raise _ForeignIndex(f"stage-1 index {path} was built with another config "
                                      f"(fingerprint {data['fingerprint']}, expected {index.fingerprint})")
                 arrays = {name: data[name] for name in ("keys", "counts", "descriptors", "keypoints", "slots",
                                                          "owner", "vec_xy", "kind", "trained_on", "faiss")}
@@ -348,10 +348,11 @@ class Stage1Index:
                 index._faiss = faiss.deserialize_index(blob) if blob.size else None
                 index._slot_of = {k: i for i, k in enumerate(index._slots) if k in index._desc}
                 problem = index._whole_problem()
-        except ValueError:
+        except _ForeignIndex:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged file raises BadZipFile, EOFError, KeyError, OSError,
-            # FAISS's RuntimeError, MemoryError (a flipped size) ...: all mean "rebuild it"
+            # numpy's ValueError (not an npy/npz, "pickled data"), FAISS's RuntimeError, MemoryError (a flipped
+            # size) ...: all mean "rebuild it"
             raise ValueError(f"stage-1 index {path} is unreadable ({type(exc).__name__}: {str(exc)[:100]})") from exc
         if problem is not None:
             raise ValueError(f"stage-1 index {path} is damaged ({problem})")
@@ -415,6 +416,10 @@ class Stage1Index:
         if self._faiss is None:
             self._rebuild()
         return added, removed
+
+
+class _ForeignIndex(ValueError):
+    """A readable index file built under another stage-1 config (or format version)."""
 
 
 def _array_problem(arrays: Mapping[str, np.ndarray]) -> Optional[str]:
