@@ -603,6 +603,21 @@ def test_api_routes_test_client(db, config_dir):
     code, body = call("config", config_path="other.json")
     assert code == 200 and body["response"]["config"]["score"] == "match_count"
     assert body["response"]["config"]["max_num_keypoints"] == 256
+    # issue 21: successes name the config as the caller does, never the server's directory
+    assert body["response"]["config_path"] == "other.json" and "config_dir" not in body["response"]
+    code, body = call("config")
+    assert body["response"]["config_path"] == "config.json", body["response"]["config_path"]
+    code, body = call("match/score", "post", query_annot_uuid=_uuid_json(quuid),
+                      database_annot_uuid_list=[_uuid_json(u) for u in duuids[:1]], config_path="other.json")
+    assert code == 200 and body["response"]["config_path"] == "other.json"
+    for route in ("config", "match/score"):
+        params = {} if route == "config" else {"query_annot_uuid": _uuid_json(quuid),
+                                               "database_annot_uuid_list": [_uuid_json(duuids[0])]}
+        response = client.post(f"/api/plugin/lightglue/{route}/", data=json.dumps(params),
+                               content_type="application/json") if route != "config" else \
+            client.get("/api/plugin/lightglue/config/")
+        text = response.data.decode()
+        assert str(config_dir) not in text and str(config_dir.resolve()) not in text, (route, text[:500])
 
     code, body = call("feature", annot_uuid_list=[_uuid_json(u) for u in duuids])
     assert code == 200 and body["response"]["computed_list"] == [True] * len(duuids)
@@ -619,6 +634,25 @@ def test_api_routes_test_client(db, config_dir):
         code, body = call("config", config_path=bad)
         assert code == 400 and not body["status"]["success"], (bad, body)
         assert "config_path" in body["status"]["message"]
+
+
+def test_review_route_with_an_unreadable_query_photo_names_no_server_path(db):
+    """Issue 21: the POST review route's 400 for a query whose image is unreadable says so without the path."""
+    ibs = db["ibs"]
+    corrupt = db["role"]["corrupt"]
+    image = ibs.get_image_paths([ibs.get_annot_gids(corrupt)])[0]
+    client = _app(ibs).test_client()
+    response = client.post("/api/review/query/chip/best/", data={
+        "query_annot_uuid_list": json.dumps([str(ibs.get_annot_uuids([corrupt])[0])]),
+        "database_annot_uuid_list": json.dumps([str(u) for u in ibs.get_annot_uuids(_made(db)[:2])]),
+        "pipeline_root": "LightGlue"})
+    text = response.data.decode()
+    assert response.status_code == 400, text[:2000]
+    message = json.loads(text)["status"]["message"]
+    assert f"query annotation {corrupt}" in message and "missing or unreadable" in message, message
+    assert "<server path>" in message and "Traceback" not in text
+    for secret in (image, str(Path(image).parent), str(db["dbdir"])):
+        assert secret not in text, (secret, text[:2000])
 
 
 def test_api_real_server(db):

@@ -213,6 +213,7 @@ def test_two_stage_with_empty_features_is_finite(photos):
     empty = {**feats[0], "keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.float32),
              "keypoint_scores": np.zeros(0, np.float32)}
     result = score_query(None, FeatureSource(feats[0], [empty, feats[1], empty], [0.0, 0.0, 0.0], config), config)
-    assert np.isfinite(result.scores).all() and result.matched.sum() == 2
+    # no stage-1 evidence at all: every candidate is matched (issue 21), not the first shortlist_k
+    assert np.isfinite(result.scores).all() and result.matched.sum() == 3 and result.fallback == "exhaustive"
     result = score_query(None, FeatureSource(empty, [feats[1]], [2.0], config), config)
     assert np.isfinite(result.scores).all()

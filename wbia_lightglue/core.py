@@ -46,7 +46,7 @@ from .engine.extraction import (
     prepare_chip,
     resize_long_edge,
 )
-from .engine.fusion import fit_logistic, fuse, shortlist_positions
+from .engine.fusion import FusionFitError, fit_logistic, fuse, shortlist_positions
 from .engine.match_types import FeatureMapping, Features, MatchResult, Stage1Features, failure
 from .engine.memory import MemoryEstimate, check_memory, estimate_memory
 from .engine.models import MODELS, ModelRegistry, get_extractor, get_lightglue, get_matcher
@@ -86,7 +86,7 @@ __all__ = [
     "DeviceLike", "OutOfDeviceMemory", "MemoryEstimate", "check_memory", "estimate_memory",
     "Features", "FeatureMapping", "Stage1Features", "failure",
     "Calibration", "CalibrationError", "load_calibration", "save_calibration",
-    "fit_logistic", "fuse", "shortlist_positions",
+    "FusionFitError", "fit_logistic", "fuse", "shortlist_positions",
     "Stage1Index", "Stage1Scores", "build_index", "extract_stage1_features",
     "Annotation", "Dataset", "load_dataset",
     "EvidenceSource", "QueryScores", "RankedIndividual", "calibration_for", "rank_individuals", "score_matrix",

@@ -5,11 +5,14 @@ import errno
 import os
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
 
 TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 600  # an atomic_write temporary file this old was left by a killed writer
+_UMASK_LOCK = threading.Lock()
 
 
 class FileTooLargeError(OSError):
@@ -61,6 +64,8 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None],
         folder.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=path.suffix)
     try:
+        # mkstemp creates the file 0600; the finished file gets what open() would give it (0666 less umask)
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as out:
             write(out)
         os.replace(tmp, path)
@@ -71,7 +76,48 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None],
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    return atomic_write(path, lambda out: out.write(text.encode("utf-8")))
+    """``atomic_write`` of UTF-8 text; a lone surrogate (a non-UTF-8 file name read by Python) is written
+    escaped (``\\udcff``) rather than failing the whole file."""
+    return atomic_write(path, lambda out: out.write(text.encode("utf-8", "backslashreplace")))
+
+
+def current_umask() -> int:
+    """The process's umask (Linux: read from /proc, elsewhere set and restored under a lock)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show: control and other unprintable characters escaped (``\\x1b``, ``\\u200b``), and
+    the bytes of a file name that is not UTF-8 (surrogate escapes, ``os.fsdecode``) shown as ``\\xff``.
+
+    Markup is left alone (HTML-escape after this); printable text, spaces and non-ASCII letters pass unchanged.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode / surrogateescape keeps it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def remove_stale_temp_files(folder: Union[str, Path], older_than: float) -> int:
@@ -100,13 +146,21 @@ def check_writable_dir(folder: Union[str, Path]) -> Optional[str]:
     """None when files can be created in ``folder`` (created if needed), else the reason they cannot.
 
     Tries for real (creates and removes a temporary file): permission bits say nothing about a
-    read-only mount, and root passes every permission check.
+    read-only mount, and root passes every permission check. Folders it had to create are removed again,
+    so a run that fails before writing its outputs leaves no new empty folder (writers create their own).
     """
     folder = Path(folder)
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX):
             pass
     except OSError as exc:
         return exc.strerror or str(exc)
+    finally:
+        for made in created:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
     return None

@@ -31,10 +31,10 @@ from typing import Any, Dict, List, Optional, Union
 from ..data.dataset import Annotation, Dataset, load_queries
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..files import atomic_write_text, remove_stale_temp_files
+from ..files import atomic_write_text, printable, remove_stale_temp_files
 from ..pipeline import calibration_for
 from ..pipeline.batch import CHECKPOINT_SECONDS, Journal, QueryRanking, database_fingerprint, identify_batch
-from ..pipeline.files import StoreSource, store_source
+from ..pipeline.files import StoreSource, check_stage1_source, store_source
 from .common import features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
@@ -78,7 +78,7 @@ class BatchRun:
                 f"{self.resumed} kept from the journal), {len(self.failed)} failed")
         if self.failed:
             line += f" (see {self.output / FAILED_CSV})"
-            line += "".join(f"\n  {r.query}: {r.error}" for r in self.failed[:10])
+            line += "".join(f"\n  {printable(r.query)}: {printable(r.error or '')}" for r in self.failed[:10])
             line += f"\n  ... and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
         return line
 
@@ -100,6 +100,7 @@ def main(
     Raises NothingIdentified (after writing the outputs) when every query failed.
     """
     config = resolve_config(config)
+    check_stage1_source(config)  # settings first: no output folder is made under a bad one
     output = Path(output)
     require_writable(output)
     remove_stale_temp_files(output, STALE_TEMP_SECONDS)
@@ -145,13 +146,14 @@ def _write_rankings(output: Path, results: List[QueryRanking], meta: Dict[str, A
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["query", "rank", "individual", "score", "annotation", "probability"])
-    writer.writerows([r.query, c.rank, c.individual, f"{c.score:.6f}", c.annotation,
+    writer.writerows([printable(r.query), c.rank, printable(c.individual), f"{c.score:.6f}", printable(c.annotation),
                       "" if c.probability is None else f"{c.probability:.4f}"]
                      for r in results for c in r.candidates)
     failures = io.StringIO()
     writer = csv.writer(failures, lineterminator="\n")
     writer.writerow(["query", "path", "error"])
-    writer.writerows([r.query, r.path, r.error] for r in results if r.error is not None)
+    writer.writerows([printable(r.query), printable(r.path), printable(r.error or "")]
+                     for r in results if r.error is not None)
     failed = sum(r.error is not None for r in results)
     resumed = sum(r.resumed for r in results)
     db = source.database_report

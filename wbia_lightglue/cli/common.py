@@ -8,6 +8,7 @@ from typing import Any, Dict, NoReturn, Optional, Sequence
 from ..engine.config import Config, load_config
 from ..engine.memory import check_memory
 from ..files import check_writable_dir
+from ..pipeline.files import check_stage1_source
 
 PROG = "wbia-lightglue"
 
@@ -49,6 +50,7 @@ def config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = 
         if value is not None:
             overrides[key] = value
     config = load_config(args.config, **overrides)
+    check_stage1_source(config)  # a WBIA-only setting (shortlist_source 'hotspotter'): refused here, before any work
     check_memory(config)  # an unusable device, or settings that cannot fit, is a config error: before any work
     return config
 

@@ -17,6 +17,7 @@ from ..evaluation import html_report
 from ..evaluation.datasets import evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
 from ..pipeline import calibration_for
+from ..pipeline.files import check_stage1_source
 from .common import UsageError, check_top, config_from_args, features_line, require_writable
 
 DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
@@ -78,6 +79,7 @@ def main(
             is in ``meta["html_report"]``).
     """
     config = resolve_config(config)
+    check_stage1_source(config)  # settings first: no output folder is made under a bad one
     require_writable(Path(output))  # before scoring every pair, not after
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     data = limit_individuals(data, limit, seed)

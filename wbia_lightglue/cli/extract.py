@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 from ..data.dataset import Dataset, limit_individuals, load_dataset
 from ..data.store import FeatureStore, StoreReport
 from ..engine.config import ConfigLike, resolve_config
+from ..pipeline.files import check_stage1_source
 from .common import config_from_args, features_line
 
 logger = logging.getLogger("wbia_lightglue")
@@ -39,6 +40,7 @@ def main(
 ) -> StoreReport:
     """Extract and store the features of every annotation not yet in the store."""
     config = resolve_config(config)
+    check_stage1_source(config)  # a setting the standalone tool cannot run: refused before any photo is read
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     data = limit_individuals(data, limit, seed)
     store = FeatureStore(cache_dir)

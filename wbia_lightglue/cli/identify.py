@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from ..data.dataset import Annotation, Dataset, DatasetError
 from ..engine.config import ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..files import atomic_write_text
+from ..files import atomic_write_text, printable
 from ..pipeline import calibration_for, rank_individuals, score_query
 from ..pipeline.batch import Candidate, candidate_rows
-from ..pipeline.files import store_source
+from ..pipeline.files import check_stage1_source, store_source
 from . import batch
 from .common import UsageError, check_top, config_from_args, features_line, require_writable
 
@@ -45,21 +45,35 @@ class Identification:
     extracted: int = 0  # features computed in this run
     skipped: List[str] = field(default_factory=list)
     report: Optional[html_report.ReportSummary] = None  # the HTML page, when one was asked for
+    mode: str = "exhaustive"
+    matched: int = 0  # annotations LightGlue scored
+    compared: int = 0  # annotations ranked
+    fallback: Optional[str] = None  # two-stage without stage-1 evidence (pipeline QueryScores.fallback)
+
+    def plan_line(self) -> Optional[str]:
+        """A line saying that the query fell back from the shortlist (None when it did not)."""
+        if self.fallback is None:
+            return None
+        how = "every" if self.fallback == "exhaustive" else "a fixed sample of"
+        return (f"stage 1: no evidence for this query (no stage-1 features); LightGlue on {how} annotation "
+                f"({self.matched} of {self.compared}) instead of a shortlist [fallback: {self.fallback}]")
 
     def table(self, top: Optional[int] = DEFAULT_TOP) -> str:
         rows = self.candidates[:top] if top else self.candidates
-        width = max([len("individual")] + [len(c.individual) for c in rows])
+        names = {id(c): (printable(c.individual), printable(c.annotation)) for c in rows}  # never a control char
+        width = max([len("individual")] + [len(names[id(c)][0]) for c in rows])
         calibrated = any(c.probability is not None for c in rows)
         prob = (lambda c: f"  {c.probability:>11.3f}") if calibrated else (lambda c: "")
         lines = [f"{'rank':>4}  {'individual':<{width}}  {'score':>9}{'  probability' if calibrated else ''}"
                  "  best annotation"]
-        lines += [f"{c.rank:>4}  {c.individual:<{width}}  {c.score:>9.3f}{prob(c)}  {c.annotation}" for c in rows]
+        lines += [f"{c.rank:>4}  {names[id(c)][0]:<{width}}  {c.score:>9.3f}{prob(c)}  {names[id(c)][1]}" for c in rows]
         return "\n".join(lines)
 
     def to_dict(self, top: Optional[int] = None) -> Dict[str, Any]:
         rows = self.candidates[:top] if top else self.candidates
-        return {"query": self.query, "candidates": [asdict(c) for c in rows],
-                "features": {"loaded": self.loaded, "extracted": self.extracted, "skipped": self.skipped}}
+        return {"query": printable(self.query), "candidates": [asdict(c) for c in rows],
+                "features": {"loaded": self.loaded, "extracted": self.extracted, "skipped": self.skipped},
+                "mode": self.mode, "compared": self.compared, "matched": self.matched, "fallback": self.fallback}
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -112,6 +126,8 @@ def run(args: argparse.Namespace) -> None:
     result = main(args.query, args.database, config_from_args(args), top=args.top, cache_dir=args.cache_dir,
                   json_path=args.json, csv_path=args.csv, report_path=args.report, progress=not args.quiet)
     print(features_line(result.loaded, result.extracted, result.skipped))
+    if result.plan_line() is not None:
+        print(result.plan_line())
     print(result.table(args.top))
     if result.report is not None:
         print(f"wrote {result.report.path} ({result.report.size_bytes / 2**20:.1f} MB, "
@@ -153,7 +169,8 @@ def main(
     (DEFAULT_TOP when ``top`` is None), matched again with ``return_matches`` for their pictures.
     """
     config = resolve_config(config)
-    require_writable(*(Path(p).parent for p in (json_path, csv_path) if p is not None))
+    check_stage1_source(config)  # settings first: nothing is read, extracted or created under a bad one
+    require_writable(*(Path(p).parent for p in (json_path, csv_path, report_path) if p is not None))
     logger.info("identify %s against %s (config %s)", query, database, config.fingerprint)
     query_annot = Annotation(Path(query), "?")
     if not query_annot.path.is_file():
@@ -167,7 +184,9 @@ def main(
     ranking = rank_individuals(scored.scores.tolist(), [a.individual for a in scored.candidates], config["name_score"])
     db, q = source.database_report, source.query_report
     result = Identification(str(query), candidate_rows(scored.candidates, ranking, scored, calibration),
-                            loaded=q.loaded + db.loaded, extracted=q.extracted + db.extracted, skipped=db.failed)
+                            loaded=q.loaded + db.loaded, extracted=q.extracted + db.extracted, skipped=db.failed,
+                            mode=scored.mode, matched=int(scored.matched.sum()), compared=len(scored.candidates),
+                            fallback=scored.fallback)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result.to_dict(top), indent=2))
     if csv_path is not None:
@@ -180,7 +199,7 @@ def main(
         query_shown = html_report.ShownQuery(query_annot, shown, source.features([query_annot], on_error="raise")[0])
         result.report = html_report.identification_report(
             report_path, query_shown, config, database=str(source.database.source), compared=len(scored.candidates),
-            skipped=db.failed, calibration=calibration)
+            skipped=db.failed, calibration=calibration, plan=result.plan_line())
     return result
 
 
@@ -190,5 +209,5 @@ def _write_csv(path: Union[str, Path], candidates: Sequence[Candidate]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "individual", "annotation", "score", "probability"])
-        writer.writerows([c.rank, c.individual, c.annotation, f"{c.score:.6f}",
+        writer.writerows([c.rank, printable(c.individual), printable(c.annotation), f"{c.score:.6f}",
                           "" if c.probability is None else f"{c.probability:.4f}"] for c in candidates)

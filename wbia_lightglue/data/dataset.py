@@ -27,6 +27,7 @@ import math
 import os
 import random
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -99,10 +100,30 @@ class Dataset:
 def natural_key(text: str) -> tuple:
     """Sort key that orders embedded numbers numerically ("ind2" < "ind10").
 
-    Runs of decimal digits of any script count as numbers (int() reads them); other characters that
-    str.isdigit() accepts, such as '①' or '²', are text.
+    Runs of decimal digits of any script count as numbers; other characters that str.isdigit() accepts,
+    such as '①' or '²', are text. Numbers are compared without int() (a name of thousands of digits would
+    exceed Python's int-conversion limit): by their length without leading zeros, then digit by digit.
     """
-    return tuple((0, int(part), "") if part.isdecimal() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
+    return tuple(_number_key(part) if part.isdecimal() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
+
+
+def _number_key(digits: str) -> tuple:
+    """(0, length, ASCII digits) of a run of decimal digits of any script, leading zeros dropped."""
+    ascii_digits = digits.translate(_DIGITS) if not digits.isascii() else digits
+    ascii_digits = ascii_digits.lstrip("0")
+    return (0, len(ascii_digits), ascii_digits)
+
+
+class _DecimalDigits(dict):
+    """str.translate table: any Unicode decimal digit -> its ASCII digit (built lazily, per character)."""
+
+    def __missing__(self, code: int) -> int:
+        value = ord("0") + unicodedata.decimal(chr(code))
+        self[code] = value
+        return value
+
+
+_DIGITS = _DecimalDigits()
 
 
 def load_dataset(source: Union[str, Path]) -> Dataset:

@@ -5,6 +5,7 @@ visual UUID); entries of an old key are then simply never asked for again and ag
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -183,18 +184,33 @@ class MatchCache(_BoundedLRU):
 
     Keeps the correspondences of pairs scored by a job so that review images of those pairs are drawn
     without running LightGlue again. Keys are the caller's, e.g. (query key, database key, match fingerprint).
+
+    Like the feature cache it never hands out its own objects: ``put`` keeps a read-only copy of the arrays,
+    ``get`` returns a new MatchResult over them, so a caller that replaces a field or writes into an array
+    (which raises) can change neither the cache's byte accounting nor what the next caller gets.
     """
 
     def __init__(self, max_entries: int = 4096, max_bytes: int = 64 << 20):
         super().__init__(max_entries, max_bytes, _match_nbytes)
 
     def get(self, key: Any) -> Optional[MatchResult]:
-        return self._lookup(key)
+        result = self._lookup(key)
+        return None if result is None else dataclasses.replace(result)
 
     def put(self, key: Any, result: MatchResult) -> None:
         if result.matches is None or self.max_entries <= 0:
             return  # only results that can be drawn are worth keeping
-        self._store(key, result, _match_nbytes(result))
+        kept = dataclasses.replace(result, matches=_read_only_copy(result.matches),
+                                   confidences=_read_only_copy(result.confidences))
+        self._store(key, kept, _match_nbytes(kept))
+
+
+def _read_only_copy(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    if array is None:
+        return None
+    out = np.array(array, copy=True)
+    out.flags.writeable = False
+    return out
 
 
 _MATCH_CACHE = MatchCache()

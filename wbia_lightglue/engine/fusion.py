@@ -58,16 +58,29 @@ def shortlist_positions(stage1: Any, k: int) -> np.ndarray:
     return order[:k]
 
 
+class FusionFitError(ValueError):
+    """The fusion weights cannot be learned from these pairs (e.g. all of one label)."""
+
+
 def fit_logistic(lightglue: Any, stage1: Any, same: Any, *, l2: float = 1e-3,
                  iterations: int = 200) -> Tuple[float, float, float]:
     """(bias, w_lightglue, w_stage1) of a logistic regression of ``same`` on log1p of both scores.
 
     Newton's method with a small L2 penalty (no sklearn needed); weights are clipped at 0 so the fused
-    score stays monotone in both inputs (more evidence never lowers it).
+    score stays monotone in both inputs (more evidence never lowers it). FusionFitError when the pairs
+    cannot teach anything: no pairs, lengths that differ, or labels all same or all different (the weights
+    would only say "always" / "never").
     """
-    x = np.stack([np.ones(len(as_evidence(lightglue))), np.log1p(as_evidence(lightglue)),
-                  np.log1p(as_evidence(stage1))], axis=1)
-    y = np.asarray(same, np.float64)
+    lg, s1 = as_evidence(lightglue), as_evidence(stage1)
+    labels = np.asarray(same).reshape(-1)
+    if not len(lg) == len(s1) == len(labels):
+        raise FusionFitError(f"fit_logistic: {len(lg)} LightGlue scores, {len(s1)} stage-1 scores, "
+                             f"{len(labels)} labels")
+    y = labels.astype(bool).astype(np.float64)
+    if not len(y) or y.all() or not y.any():
+        raise FusionFitError(f"fit_logistic needs same- and different-individual pairs; got {int(y.sum())} "
+                             f"same of {len(y)}")
+    x = np.stack([np.ones(len(lg)), np.log1p(lg), np.log1p(s1)], axis=1)
     w = np.zeros(3)
     penalty = np.diag([0.0, l2, l2]) * len(y)
     for _ in range(iterations):

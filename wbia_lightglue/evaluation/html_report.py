@@ -40,7 +40,7 @@ from ..data.store import FeatureStore, annotation_features
 from ..engine.calibration import Calibration
 from ..engine.config import Config
 from ..engine.scoring import match_pairs, name_scores
-from ..files import atomic_write_text
+from ..files import atomic_write_text, printable
 from .datasets import DatasetScores
 from .drawing import render_pair
 from .protocol import EvaluationReport
@@ -122,14 +122,21 @@ def identification_report(
     compared: int,
     skipped: Sequence[str] = (),
     calibration: Optional[Calibration] = None,
+    plan: Optional[str] = None,
 ) -> ReportSummary:
-    """Write the page of one identification (``identify --report``); returns what was written."""
+    """Write the page of one identification (``identify --report``); returns what was written.
+
+    ``plan``: a line on how the query was scored when it differs from the config's (the pipeline's
+    no-stage-1-evidence fallback), shown among the facts.
+    """
     start = time.perf_counter()
     drawer = _Drawer(config)
     section = _query_section(query, drawer, 1, evaluation=False)
     facts = [("query", str(query.annotation.path)), ("database", database),
              ("annotations compared", str(compared)),
              ("calibration", "yes: P(same individual) beside each score" if calibration else "none (raw scores only)")]
+    if plan is not None:
+        facts.insert(3, ("fallback", plan))
     body = [_facts_table(facts), _skipped_block(skipped), _config_block(config),
             '<main id="queries">', section, "</main>"]
     return _write(path, f"identify {query.annotation.name}", body, drawer, 1, 1, start)
@@ -433,14 +440,25 @@ def _evaluation_summary(scored: DatasetScores, report: EvaluationReport, config:
                           f"({report.num_skipped} skipped: no other sighting of the individual)"),
               ("dataset", str(scored.dataset.source)),
               ("individuals", str(len(scored.dataset.individuals))),
-              ("compared", "only annotations with the same " + meta["group_by"] if meta.get("group_by")
-               else "every pair"),
+              ("compared", _compared(scored, config, meta.get("group_by"))),
               ("ranking", f"by individual, name score {meta.get('name_score', config['name_score'])}, "
                           "ties counted against the query"),
               ("features", f"{feats.get('extracted', 0)} extracted, {feats.get('loaded', 0)} loaded, "
                            f"{len(feats.get('skipped', []))} photos skipped"),
               ("calibration", "yes: P(same individual) beside each score" if calibration else "none")]
     return _facts_table(facts, "summary")
+
+
+def _compared(scored: DatasetScores, config: Config, group_by: Optional[str]) -> str:
+    """What the evaluation compared: every pair (of a group), or in two-stage mode stage 1 on every pair and
+    LightGlue on each query's shortlist."""
+    within = f" with the same {group_by}" if group_by else ""
+    if scored.lightglue is None:
+        return f"only annotations with the same {group_by}" if group_by else "every pair"
+    matched = int(np.isfinite(scored.lightglue).sum())
+    considered = int(np.isfinite(scored.scores).sum())
+    return (f"two-stage: stage 1 on every pair{within}, LightGlue on each query's top {config['shortlist_k']} "
+            f"({matched} of {considered} query-candidate pairs)")
 
 
 def _cmc_block(cmc_png: Union[str, Path, None]) -> str:
@@ -521,7 +539,8 @@ def _img(image: np.ndarray, alt: str, css: str) -> str:
 
 
 def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """Text for the page: unprintable characters and bytes of non-UTF-8 file names escaped, then markup."""
+    return html.escape(printable(str(text)), quote=True)
 
 
 def _write(path: Union[str, Path], heading: str, body: Sequence[str], drawer: _Drawer, num_queries: int,

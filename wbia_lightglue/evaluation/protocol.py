@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..engine.scoring import name_scores
+from ..files import atomic_write_text
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -68,7 +68,7 @@ class EvaluationReport:
         return out
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default))  # never half a file
 
     def table(self) -> str:
         lines = [f"{'rank':>6} {'accuracy':>9}"]

@@ -88,10 +88,11 @@ class QueryRanking:
     complete: bool = False  # the candidates are the whole ranking (it had no more than ``top`` individuals)
     compared: int = 0  # annotations the query was compared with
     resumed: bool = False  # read back from the journal rather than computed in this run
+    fallback: Optional[str] = None  # two-stage without stage-1 evidence: QueryScores.fallback
 
     def to_dict(self) -> Dict[str, Any]:
         return {"query": self.query, "path": self.path, "error": self.error, "compared": self.compared,
-                "resumed": self.resumed, "candidates": [asdict(c) for c in self.candidates]}
+                "resumed": self.resumed, "fallback": self.fallback, "candidates": [asdict(c) for c in self.candidates]}
 
 
 class JournalBusy(RuntimeError):
@@ -160,14 +161,15 @@ class Journal:
         candidates = [Candidate(**row) for row in entry["candidates"][:top]]
         return QueryRanking(entry["query"], entry["path"], candidates, key=key,
                             complete=entry["complete"] and len(candidates) == len(entry["candidates"]),
-                            compared=entry["compared"], resumed=True)
+                            compared=entry["compared"], resumed=True,
+                            fallback=entry["fallback"] if isinstance(entry.get("fallback"), str) else None)
 
     def record(self, result: QueryRanking, top: int) -> None:
         """Append one finished query and make it durable (flush + fsync) before returning."""
         assert result.key is not None and result.error is None, "only rankings are journaled"
         entry = {"v": JOURNAL_VERSION, "key": result.key, "ranking": self.ranking, "database": self.database,
                  "top": top, "complete": result.complete, "compared": result.compared, "query": result.query,
-                 "path": result.path, "candidates": [asdict(c) for c in result.candidates]}
+                 "path": result.path, "fallback": result.fallback, "candidates": [asdict(c) for c in result.candidates]}
         data = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
         while data:
             written = os.write(self._fd, data)
@@ -276,7 +278,7 @@ def _identify_one(queries: Dataset, query: Annotation, source: StoreSource, conf
     ranking = rank_individuals(scored.scores.tolist(), [a.individual for a in scored.candidates], config["name_score"])
     rows = candidate_rows(scored.candidates, ranking, scored, calibration)
     result = QueryRanking(label, path, rows[:top], key=key, complete=len(rows) <= top,
-                          compared=len(scored.candidates))
+                          compared=len(scored.candidates), fallback=scored.fallback)
     if journal is not None:
         journal.record(result, top)
     return result

@@ -5,7 +5,12 @@
 * **plan**: ``config.mode`` — ``"exhaustive"`` or ``"two_stage"`` (decided there, once, from ``shortlist_k``);
 * **stage 1** (two-stage only): the source's stage-1 score of every candidate (``engine.stage1``: LNBNN over
   the database's FAISS index; inside WBIA optionally HotSpotter), as non-negative evidence;
-* **pairs**: the positions LightGlue scores — the shortlist (top ``shortlist_k`` of stage 1) or every candidate;
+* **pairs**: the positions LightGlue scores — the shortlist (top ``shortlist_k`` of stage 1) or every candidate.
+  A query with no stage-1 evidence at all (every score 0: a tiny, blurred or uniform chip gives stage 1 no
+  regions) has no shortlist to take; ranking ties would pick the first ``shortlist_k`` in database order. It
+  falls back instead (``QueryScores.fallback``, with a warning): LightGlue over every candidate up to
+  ``max(NO_EVIDENCE_MAX, shortlist_k)`` of them (``"exhaustive"``), a fixed-seed sample of that many beyond
+  (``"sample"``);
 * **score pairs**: the source's LightGlue scores of those pairs (raw sums of match confidences);
 * **fuse**: ``engine.fusion.fuse`` of both (two-stage); exhaustive keeps the LightGlue score itself;
 * **rank individuals**: name scores (config ``name_score``) ordered best first, ties by natural name order.
@@ -30,6 +35,8 @@ from ..engine.scoring import name_scores
 
 logger = logging.getLogger("wbia_lightglue")
 
+NO_EVIDENCE_MAX = 500  # no stage-1 evidence: LightGlue on every candidate up to this many (or shortlist_k)
+NO_EVIDENCE_SEED = 0  # beyond: the same sample of candidate positions every time
 K = TypeVar("K")
 Q = TypeVar("Q", contravariant=True)
 
@@ -57,6 +64,9 @@ class QueryScores(Generic[K]):
     lightglue: np.ndarray  # raw LightGlue scores; 0 where not matched
     matched: np.ndarray  # bool: the pairs LightGlue scored (the shortlist, or all)
     scores: np.ndarray  # the ranking score: fused (two-stage) or LightGlue's (exhaustive)
+    # two-stage with no stage-1 evidence: "exhaustive" (LightGlue on every candidate) or "sample" (a bounded,
+    # fixed-seed sample of them) instead of the shortlist; None when the plan ran as configured
+    fallback: Optional[str] = None
 
 
 @dataclass
@@ -80,10 +90,28 @@ def stage1(source: EvidenceSource[Any], query: Any, candidates: Sequence[Any]) -
 
 
 def pairs(mode: Mode, stage1_scores: Optional[np.ndarray], num_candidates: int, config: Config) -> np.ndarray:
-    """The candidate positions LightGlue scores: the shortlist (best stage-1 first) or all of them."""
+    """The candidate positions LightGlue scores: the shortlist (best stage-1 first), all of them, or, when
+    stage 1 has no evidence at all, the fallback's (``no_evidence_fallback``)."""
     if mode == "exhaustive" or stage1_scores is None:
         return np.arange(num_candidates)
+    fallback = no_evidence_fallback(mode, stage1_scores, config)
+    if fallback is not None:
+        bound = max(NO_EVIDENCE_MAX, int(config["shortlist_k"]))
+        if fallback == "exhaustive":
+            return np.arange(num_candidates)
+        rng = np.random.default_rng(NO_EVIDENCE_SEED)
+        return np.sort(rng.choice(num_candidates, bound, replace=False))
     return shortlist_positions(stage1_scores, int(config["shortlist_k"]))
+
+
+def no_evidence_fallback(mode: Mode, stage1_scores: Optional[np.ndarray], config: Config) -> Optional[str]:
+    """``"exhaustive"`` / ``"sample"`` when two-stage ``stage1_scores`` are all 0 and more candidates than
+    ``shortlist_k`` (a shortlist would be the first K in database order); None otherwise."""
+    if mode != "two_stage" or stage1_scores is None or len(stage1_scores) <= int(config["shortlist_k"]):
+        return None
+    if np.any(np.asarray(stage1_scores) > 0):
+        return None
+    return "exhaustive" if len(stage1_scores) <= max(NO_EVIDENCE_MAX, int(config["shortlist_k"])) else "sample"
 
 
 def score_pairs(source: EvidenceSource[Any], query: Any, candidates: Sequence[Any],
@@ -109,13 +137,24 @@ def score_query(query: Any, source: EvidenceSource[Any], config: Config) -> Quer
     mode = config.mode
     candidates = list(source.candidates(query, mode))
     s1 = stage1(source, query, candidates) if mode == "two_stage" else None
+    fallback = no_evidence_fallback(mode, s1, config)
     positions = pairs(mode, s1, len(candidates), config)
+    if fallback is not None:
+        logger.warning("two-stage: query %s has no stage-1 evidence (no stage-1 features, or none voted); "
+                       "LightGlue on %s %d of %d candidates instead of a shortlist", _label(query),
+                       "all" if fallback == "exhaustive" else "a fixed sample of", len(positions), len(candidates))
     lightglue = score_pairs(source, query, candidates, positions)
     matched = np.zeros(len(candidates), bool)
     matched[positions] = True
     if mode == "two_stage":
         logger.debug("two-stage: LightGlue on %d of %d candidates", len(positions), len(candidates))
-    return QueryScores(candidates, mode, s1, lightglue, matched, fused(mode, lightglue, s1, matched, config))
+    return QueryScores(candidates, mode, s1, lightglue, matched, fused(mode, lightglue, s1, matched, config),
+                       fallback)
+
+
+def _label(query: Any) -> str:
+    """A query as a warning names it: a photo's path, or the query itself (an aid, a row number)."""
+    return str(getattr(query, "path", query))
 
 
 def rank_individuals(scores: Sequence[float], individuals: Sequence[Hashable],

@@ -5,6 +5,7 @@ Also :class:`QueryChipError`, what a query fails with when its own chip cannot b
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import List, Optional, Sequence
 
@@ -14,7 +15,27 @@ logger = logging.getLogger("wbia_lightglue")
 
 
 class QueryChipError(ValueError):
-    """A query annotation has no usable chip (missing or unreadable image)."""
+    """A query annotation has no usable chip (missing or unreadable image).
+
+    ``str()`` is the full reason for the log (it may name the image file); ``public`` the same without
+    server paths, for a web caller.
+    """
+
+    def __init__(self, message: str, public: Optional[str] = None):
+        super().__init__(message)
+        self.public = public if public is not None else message
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s()'\"]+")  # /a/b.jpg, not a/b or http://
+
+
+def public_reason(message: str, paths: Sequence[Optional[str]] = ()) -> str:
+    """``message`` without server paths: the ``paths`` given (exactly, spaces and all), then anything else
+    that looks like an absolute path, shown as ``<server path>``."""
+    for path in paths:
+        if path:
+            message = message.replace(str(path), "<server path>")
+    return _ABSOLUTE_PATH.sub("<server path>", message)
 
 
 def annot_chips(ibs, aids: Sequence[int]) -> List[Optional[np.ndarray]]:

@@ -23,7 +23,7 @@ from .. import core
 from ..engine.config import Mode
 from ..evaluation import drawing
 from ..pipeline import calibration_for, score_query
-from .chips import QueryChipError, annot_chips, annot_uuids
+from .chips import QueryChipError, annot_chips, annot_uuids, image_path, public_reason
 from .configs import as_config, from_depc_config, resolve_config_path
 from .pairs import pair_matches, pair_scores
 from .registry import PAIRWISE_TABLE, AnnotMatch, const, dtool, register_preproc_annot, ut
@@ -130,8 +130,9 @@ class LightGlueRequest(dtool.base.VsOneSimilarityRequest):
         for qaid, feats in zip(qaids, ibs.lightglue_features(qaids, config)):
             error = core.failure(feats)
             if error is not None:
-                raise QueryChipError(f"query annotation {qaid} ({annot_uuids(ibs, [qaid])[0]}): {error}; "
-                                     "nothing to match")
+                name = f"query annotation {qaid} ({annot_uuids(ibs, [qaid])[0]})"
+                public = public_reason(error, [image_path(ibs, qaid)])
+                raise QueryChipError(f"{name}: {error}; nothing to match", public=f"{name}: {public}; nothing to match")
         if not postprocess:  # WBIA asking for the raw pair rows
             return super().execute(parent_rowids, use_cache=use_cache, postprocess=postprocess, **kwargs)
         grouped: Dict[int, List[int]] = {}

@@ -104,6 +104,18 @@ def _without_server_paths(message: str, path: Optional[Path], shown: str) -> str
     return message
 
 
+def _public_config_name(config: core.Config) -> Optional[str]:
+    """The config file as a caller may see it: its path relative to the config directory (the name a
+    request gives as ``config_path``), else its file name; None for the built-in defaults."""
+    if not config.source:
+        return None
+    path = Path(config.source)
+    try:
+        return path.resolve().relative_to(Path(config_module.DEFAULT_CONFIG_DIR).resolve()).as_posix()
+    except (OSError, ValueError):
+        return path.name
+
+
 def _shown(value: Any, limit: int = 80) -> str:
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -171,17 +183,20 @@ def lightglue_api_match_scores(ibs, query_annot_uuid=None, database_annot_uuid_l
             "score_list": [float(s) for s in scores],
             # raw LightGlue scores: the exhaustive-mode calibration maps them (lightglue_calibrate, shortlist_k 0)
             "probability_list": probabilities(load_calibration(config.replace(shortlist_k=0)), scores),
-            "config_path": config.source}
+            "config_path": _public_config_name(config)}
 
 
 @register_ibs_method
 @register_api(f"{API_PREFIX}/config/", methods=["GET"])
 @_web_route
 def lightglue_api_config(ibs, config_path=None):
-    """The effective config (defaults overridden by the file) and its fingerprints."""
+    """The effective config (defaults overridden by the file) and its fingerprints.
+
+    ``config_path`` is the file's name inside the config directory (None: built-in defaults); the server's
+    directory itself is never sent.
+    """
     config = _web_config(config_path)
-    return {"config": config.to_dict(), "config_path": config.source,
-            "config_dir": str(config_module.DEFAULT_CONFIG_DIR),
+    return {"config": config.to_dict(), "config_path": _public_config_name(config),
             "feature_fingerprint": config.feature_fingerprint, "match_fingerprint": config.match_fingerprint}
 
 
@@ -239,9 +254,10 @@ def lightglue_review_query_chips_best(ibs, query_annot_uuid_list=None, database_
     cfgdict = {"pipeline_root": PAIRWISE_TABLE, "config_path": config_path or None}
     try:
         cms = ibs.query_chips(qaids, daids, cfgdict=cfgdict)
-    except QueryChipError as exc:
-        raise controller_inject.WebInvalidInput(str(exc), key="query_annot_uuid_list",
-                                                value=str(query_annot_uuid_list)) from exc
+    except QueryChipError as exc:  # its message names the image file: the log gets it, the caller does not
+        logger.warning("review route: %s", exc)
+        raise controller_inject.WebInvalidInput(exc.public, key="query_annot_uuid_list",
+                                                value=_shown(str(query_annot_uuid_list))) from None
     return [_best_of(ibs, cm) for cm in cms]
 
 

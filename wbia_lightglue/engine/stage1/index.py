@@ -8,8 +8,9 @@ largest databases). IVF indexes are trained on the vectors present when they are
 the kept raw descriptors when the database has grown ``RETRAIN_GROWTH`` times since. On CUDA the exact
 search runs in torch (or on faiss-gpu when that build is installed).
 
-This module is over 300 lines because the index's storage, FAISS build and persistence share private state
-(slots, owners, keypoints); the scoring and the features live in their own modules.
+This module is over 400 lines because the index's storage, FAISS build and persistence (with the checks that
+a loaded file is whole) share private state (slots, owners, keypoints); the scoring and the features live in
+their own modules.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Seq
 
 import numpy as np
 
-from ...files import atomic_write
+from ...files import STALE_TEMP_SECONDS, atomic_write, remove_stale_temp_files
 from ..config import Config, ConfigError, ConfigLike, resolve_config
 from .features import DIM
 from .lnbnn import lnbnn_votes, spatial_check
@@ -33,6 +34,8 @@ TRAIN_PER_LIST = 64  # training vectors per list (FAISS wants at least 39)
 RETRAIN_GROWTH = 8  # an IVF index is rebuilt (re-trained) when the vectors have grown this much since training
 PQ_BYTES = 32  # ivfpq: bytes per vector (vs 128 for the 8-bit scalar quantiser)
 INDEX_FORMAT = 1
+KINDS = ("flat", "ivf", "ivfpq")
+SPOT_CHECKS = 256  # stored vectors of a flat index compared with the raw descriptors at load
 
 
 @dataclass
@@ -311,7 +314,14 @@ class Stage1Index:
 
     @classmethod
     def load(cls, path: Union[str, Path], config: ConfigLike = None, *, device: Any = None) -> "Stage1Index":
-        """Read a saved index; ValueError when it was built under another stage-1 config or is unreadable."""
+        """Read a saved index; ValueError when it was built under another stage-1 config or is unreadable.
+
+        Unreadable covers a damaged file (truncated, flipped bytes: zip CRCs, FAISS's own checks) and a
+        well-formed file whose arrays disagree with each other (``_check_whole``): every array's dtype and
+        shape, the keys against the counts and descriptors, the FAISS id -> annotation map against the
+        counts, the stored keypoints against the raw ones, and a sample of a flat index's vectors against
+        the raw descriptors.
+        """
         import faiss
 
         config = resolve_config(config)
@@ -319,28 +329,80 @@ class Stage1Index:
         try:
             with np.load(path, allow_pickle=False) as data:
                 if int(data["format"]) != INDEX_FORMAT or str(data["fingerprint"]) != index.fingerprint:
-                    raise ValueError(f"stage-1 index {path} was built with another config "
+                    raise _ForeignIndex(f"stage-1 index {path} was built with another config "
                                      f"(fingerprint {data['fingerprint']}, expected {index.fingerprint})")
-                keys = [str(k) for k in data["keys"]]
-                bounds = np.concatenate([[0], np.cumsum(data["counts"])])
-                desc, xy = data["descriptors"], data["keypoints"]
+                arrays = {name: data[name] for name in ("keys", "counts", "descriptors", "keypoints", "slots",
+                                                         "owner", "vec_xy", "kind", "trained_on", "faiss")}
+            problem = _array_problem(arrays)
+            if problem is None:
+                keys = [str(k) for k in arrays["keys"]]
+                bounds = np.concatenate([[0], np.cumsum(arrays["counts"])])
+                desc, xy = arrays["descriptors"], arrays["keypoints"]
                 for i, key in enumerate(keys):
                     index._desc[key] = desc[bounds[i]:bounds[i + 1]]
                     index._xy[key] = xy[bounds[i]:bounds[i + 1]]
-                index._slots = [str(s) for s in data["slots"]]
-                index._owner, index._vec_xy = data["owner"], data["vec_xy"]
-                index._kind, index._trained_on = str(data["kind"]), int(data["trained_on"])
-                blob = data["faiss"]
+                index._slots = [str(s) for s in arrays["slots"]]
+                index._owner, index._vec_xy = arrays["owner"], arrays["vec_xy"]
+                index._kind, index._trained_on = str(arrays["kind"]), int(arrays["trained_on"])
+                blob = arrays["faiss"]
                 index._faiss = faiss.deserialize_index(blob) if blob.size else None
-        except ValueError:
+                index._slot_of = {k: i for i, k in enumerate(index._slots) if k in index._desc}
+                problem = index._whole_problem()
+        except _ForeignIndex:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged file raises BadZipFile, EOFError, KeyError, OSError,
-            # FAISS's RuntimeError, MemoryError (a flipped size) ...: all mean "rebuild it"
+            # numpy's ValueError (not an npy/npz, "pickled data"), FAISS's RuntimeError, MemoryError (a flipped
+            # size) ...: all mean "rebuild it"
             raise ValueError(f"stage-1 index {path} is unreadable ({type(exc).__name__}: {str(exc)[:100]})") from exc
-        index._slot_of = {k: i for i, k in enumerate(index._slots) if k in index._desc}
+        if problem is not None:
+            raise ValueError(f"stage-1 index {path} is damaged ({problem})")
         if index._faiss is not None and index._kind != "flat":
             index._faiss.nprobe = min(index.nprobe, index._faiss.nlist)
         return index
+
+    def _whole_problem(self) -> Optional[str]:
+        """Why the loaded index's parts disagree (None when they agree); the arrays' own shapes were checked."""
+        total = sum(len(d) for d in self._desc.values())
+        if self._faiss is None:
+            return None if total == 0 and len(self._owner) == 0 else "no FAISS index but stored vectors"
+        if self._faiss.d != DIM:
+            return f"FAISS index of dimension {self._faiss.d}, expected {DIM}"
+        live = self._owner >= 0
+        if self._kind == "flat" and not live.all():
+            return "flat index with removed ids"
+        if int(self._faiss.ntotal) != int(live.sum()) or int(live.sum()) != total:
+            return f"{self._faiss.ntotal} FAISS vectors, {int(live.sum())} owned, {total} raw descriptors"
+        if len(self._owner) and int(self._owner.max()) >= len(self._slots):
+            return "an owner beyond the slots"
+        expected = np.zeros(len(self._slots), np.int64)
+        for key, desc in self._desc.items():
+            if key not in self._slot_of:
+                return f"annotation {key!r} has no slot"
+            expected[self._slot_of[key]] = len(desc)
+        if not np.array_equal(np.bincount(self._owner[live], minlength=len(self._slots)), expected):
+            return "the FAISS id -> annotation map disagrees with the counts"
+        # the i-th id owned by a slot is its annotation's i-th descriptor / keypoint (ids are appended in order)
+        ids = np.flatnonzero(live)
+        slot = self._owner[ids]
+        order = np.argsort(slot, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(expected)])[:-1]
+        rank = np.empty(len(ids), np.int64)
+        rank[order] = np.arange(len(ids)) - starts[slot[order]]
+        offsets, at = np.zeros(len(self._slots), np.int64), 0
+        for key in self._desc:  # raw arrays concatenated in key order
+            offsets[self._slot_of[key]] = at
+            at += len(self._desc[key])
+        raw_pos = offsets[slot] + rank
+        raw_xy = np.concatenate([self._xy[k] for k in self._desc]) if self._desc else np.zeros((0, 2), np.float32)
+        if not np.array_equal(self._vec_xy[ids], raw_xy[raw_pos]):
+            return "stored keypoints disagree with the raw ones"
+        if self._kind == "flat" and len(ids):
+            raw = np.concatenate(list(self._desc.values()))
+            sample = np.unique(np.linspace(0, len(ids) - 1, min(SPOT_CHECKS, len(ids))).astype(np.int64))
+            stored = np.stack([self._faiss.reconstruct(int(ids[i])) for i in sample])
+            if not np.array_equal(stored, raw[raw_pos[sample]].astype(np.float32)):
+                return "FAISS vectors disagree with the raw descriptors"
+        return None
 
     def sync(self, keys: Sequence[str], features_of: Any) -> Tuple[int, int]:
         """Make the index hold exactly ``keys``: remove the others, add the missing ones.
@@ -356,6 +418,40 @@ class Stage1Index:
         return added, removed
 
 
+class _ForeignIndex(ValueError):
+    """A readable index file built under another stage-1 config (or format version)."""
+
+
+def _array_problem(arrays: Mapping[str, np.ndarray]) -> Optional[str]:
+    """Why the arrays of a saved index cannot be one (None when dtypes, shapes and counts agree)."""
+    keys, counts, desc, xy = arrays["keys"], arrays["counts"], arrays["descriptors"], arrays["keypoints"]
+    owner, vec_xy, slots = arrays["owner"], arrays["vec_xy"], arrays["slots"]
+    checks = [
+        (keys.ndim == 1 and keys.dtype.kind == "U", f"keys {keys.dtype} {keys.shape}"),
+        (counts.shape == keys.shape and counts.dtype == np.int64, f"counts {counts.dtype} {counts.shape}"),
+        (desc.dtype == np.uint8 and desc.ndim == 2 and desc.shape[1] == DIM, f"descriptors {desc.dtype} {desc.shape}"),
+        (xy.dtype == np.float32 and xy.shape == (len(desc), 2), f"keypoints {xy.dtype} {xy.shape}"),
+        (slots.ndim == 1 and slots.dtype.kind == "U", f"slots {slots.dtype} {slots.shape}"),
+        (owner.dtype == np.int64 and owner.ndim == 1, f"owner {owner.dtype} {owner.shape}"),
+        (vec_xy.dtype == np.float32 and vec_xy.shape == (len(owner), 2), f"vec_xy {vec_xy.dtype} {vec_xy.shape}"),
+        (arrays["faiss"].dtype == np.uint8 and arrays["faiss"].ndim == 1, "faiss blob"),
+        (arrays["kind"].shape == () and str(arrays["kind"]) in KINDS + ("",), f"kind {arrays['kind']!r}"),
+        (arrays["trained_on"].shape == () and arrays["trained_on"].dtype.kind in "iu", "trained_on"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            return f"bad array: {what}"
+    if len(set(keys.tolist())) != len(keys):
+        return "a key appears twice"
+    if (counts < 0).any() or int(counts.sum()) != len(desc):
+        return f"counts sum to {int(counts.sum())} for {len(desc)} descriptors"
+    if len(owner) and int(owner.min()) < -1:
+        return "a negative owner"
+    if not (np.isfinite(xy).all() and np.isfinite(vec_xy).all()):
+        return "non-finite keypoints"
+    return None
+
+
 def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
                  features_of: Callable[[List[str]], Sequence[Mapping[str, Any]]], *,
                  index: Optional[Stage1Index] = None, device: Any = None) -> Tuple[Stage1Index, int, int]:
@@ -364,9 +460,15 @@ def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
     Load -> sync -> save, the one implementation (the standalone store and WBIA's database both use it):
     a file built under another stage-1 config, or damaged (truncated, flipped bytes, garbage arrays), is
     reported once with its path and rebuilt; a failed save (full disk, read-only) warns and the run goes on
-    with the index in memory. ``path`` None: in memory only. ``index``: one already live in this process (then
-    the file is not read). Returns (index, added, removed).
+    with the index in memory. Temporary files of a save killed midway (``atomic_write``'s, older than
+    ``STALE_TEMP_SECONDS``) are removed from the folder. ``path`` None: in memory only. ``index``: one
+    already live in this process (then the file is not read). Returns (index, added, removed).
     """
+    if path is not None:
+        removed_temp = remove_stale_temp_files(path.parent, STALE_TEMP_SECONDS)
+        if removed_temp:
+            logger.info("stage-1 index folder %s: removed %d temporary file(s) of a killed save", path.parent,
+                        removed_temp)
     if index is None and path is not None and path.is_file():
         try:
             index = Stage1Index.load(path, config, device=device)
