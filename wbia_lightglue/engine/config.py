@@ -305,8 +305,8 @@ def resolve_detector(name: str) -> str:
     if not _warned_fallback:
         _warned_fallback = True
         logging.getLogger("wbia_lightglue").warning(
-            "stage 1 uses OpenCV SIFT (shortlist_detector 'auto'): %s for the Hessian-affine detector "
-            "(better shortlists on nyala, benchmarks/README.md)", hesaff.MISSING)
+            "stage 1 uses OpenCV SIFT (shortlist_detector 'auto'): %s (its shortlists were better on nyala, "
+            "benchmarks/README.md)", hesaff.MISSING)
     return "sift"
 
 
