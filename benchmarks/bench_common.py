@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 NYALA_DIR = SHARED / "data" / "nyala"
 NYALA = NYALA_DIR / "labels.csv"
-PHOTOS = SHARED / "data" / "photos"
+PHOTOS = ROOT / "tests" / "data" / "photos"  # LightGlue's four sample photos (NOTICE there)
 RESULTS = ROOT / "benchmarks" / "results"
 
 DEFAULT_INDIVIDUALS = 40
@@ -130,7 +130,7 @@ def load_chips(count: int) -> List[np.ndarray]:
             rows = [r for r in csv.DictReader(f) if r["side"] == "left"]
         return [cv2.imread(str(NYALA_DIR / r["path"])) for r in rows[:count]]
     if PHOTOS.is_dir():
-        photos = [cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir())]
+        photos = [cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".jpg", ".png")]
         return [photos[i % len(photos)] for i in range(count)]
     from wbia_lightglue.data import synthetic
 

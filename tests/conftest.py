@@ -1,4 +1,5 @@
-"""Shared fixtures: real photos from ../shared (skipped cleanly when absent) and project-made images."""
+"""Shared fixtures: real photos (LightGlue's four in tests/data/photos; nyala from ../shared, skipped cleanly when
+absent) and project-made images."""
 from pathlib import Path
 
 import cv2
@@ -6,16 +7,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PHOTOS = SHARED / "data" / "photos"
+PHOTOS = ROOT / "tests" / "data" / "photos"  # in the repository (Apache-2.0, see NOTICE there)
 NYALA = SHARED / "data" / "nyala"
 
 
 @pytest.fixture(scope="session")
 def photos():
     """The four real photos (two views each of two scenes) as BGR chips, keyed by file stem."""
-    if not PHOTOS.is_dir():
-        pytest.skip(f"{PHOTOS} is absent")
-    return {p.stem: cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".jpg", ".png")}
+    chips = {p.stem: cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".jpg", ".png")}
+    assert len(chips) == 4 and all(c is not None for c in chips.values()), f"{PHOTOS} is incomplete: {sorted(chips)}"
+    return chips
 
 
 def run_captured(argv):

@@ -1,8 +1,8 @@
 """The WBIA plugin against a real wildbook-ia 4.0.4: a new database in tmp with real photos.
 
 One session-scoped database holds, per individual, two views of a project-made textured scene
-(tests/images.py), plus (when ../shared/data is present) two scenes of real photos and same-side
-photos of three nyala individuals. Extra annotations: an unnamed one, a single sighting, and one
+(tests/images.py), two scenes of real photos (tests/data/photos), plus (when ../shared/data is present)
+same-side photos of three nyala individuals. Extra annotations: an unnamed one, a single sighting, and one
 whose image file is corrupted after it was added.
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ from wbia_lightglue.wbia_plugin.state import STATE as PLUGIN_STATE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+PHOTOS = ROOT / "tests" / "data" / "photos"  # LightGlue's four sample photos (NOTICE there)
 SMALL = {"max_num_keypoints": 256, "image_size": 320, "compile": False, "device": "cpu"}
 SPECIES = "zebra_plains"
 
@@ -96,12 +97,9 @@ def db(tmp_path_factory, config_dir):
     entries.append((None, _write(images / "unnamed.png", textured_chip(200)), "unnamed"))
     entries.append(("single", _write(images / "single.png", textured_chip(201)), "single"))
     entries.append(("corrupt", _write(images / "corrupt.png", textured_chip(202)), "corrupt"))
-    photos = SHARED / "photos"
-    if photos.is_dir():
-        for stem, name in (("sacre_coeur1", "sacre"), ("sacre_coeur2", "sacre"),
-                           ("DSC_0410", "dsc"), ("DSC_0411", "dsc")):
-            path = next(photos.glob(stem + ".*"))
-            entries.append((name, str(path), stem))
+    for stem, name in (("sacre_coeur1", "sacre"), ("sacre_coeur2", "sacre"), ("DSC_0410", "dsc"), ("DSC_0411", "dsc")):
+        path = next(PHOTOS.glob(stem + ".*"))
+        entries.append((name, str(path), stem))
     for name, path in _nyala_picks():
         entries.append((name, path, Path(path).stem + "_" + name))
 
@@ -205,8 +203,6 @@ def test_match_scores_rank_true_match_first(db):
 
 def test_real_photos_rank_true_view_first(db):
     role = db["role"]
-    if "DSC_0410" not in role:
-        pytest.skip("../shared/data/photos is absent")
     ibs = db["ibs"]
     # The two DSC views match at 256 keypoints / 320 px; the two Sacre-Coeur views (a large change of
     # viewpoint and scale) need more keypoints, so here they serve as distractors.

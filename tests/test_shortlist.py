@@ -5,7 +5,7 @@ import pytest
 
 from wbia_lightglue.core import extract_features, load_config, match_scores
 from wbia_lightglue.engine.fusion import fit_logistic, fuse, shortlist_positions
-from wbia_lightglue.engine.stage1 import Stage1Index, build_index, extract_stage1_features, rootsift
+from wbia_lightglue.engine.stage1 import Stage1Index, build_index, extract_stage1_features, hesaff, rootsift
 from wbia_lightglue.pipeline import score_query
 
 
@@ -115,6 +115,8 @@ def test_persistence_round_trip_then_incremental(tmp_path):
 
 @pytest.mark.parametrize("detector", ["hesaff", "sift"])
 def test_stage1_features_on_a_real_photo(photos, detector):
+    if detector == "hesaff" and not hesaff.available():
+        pytest.skip("pyhesaff is not installed (wbia-lightglue setup-hesaff)")
     chip = next(iter(photos.values()))
     config = load_config(None, shortlist_detector=detector, shortlist_features=300, shortlist_image_size=400)
     feats = extract_stage1_features([chip, np.zeros((4, 4, 3), np.uint8)], config)

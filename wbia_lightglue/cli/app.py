@@ -7,6 +7,7 @@
     wbia-lightglue extract DATASET
     wbia-lightglue calibrate DATASET [--output JSON] [--group-by COLUMN]
     wbia-lightglue demo [--output DIR]
+    wbia-lightglue setup-hesaff [--force]
 
 Each command is a module of this package with ``add_parser`` (its arguments, ``set_defaults(func=run)``),
 ``run(args)`` and a ``main(...)`` callable from Python. Exit codes: 0 success, 2 usage or config error
@@ -25,12 +26,12 @@ from ..data.images import ImageReadError
 from ..engine.calibration import CalibrationError
 from ..engine.config import ConfigError
 from ..engine.scoring import FeatureMismatchError
-from . import calibrate, demo, evaluate, extract, identify, match
+from . import calibrate, demo, evaluate, extract, identify, match, setup_hesaff
 from .common import PROG, Parser, UsageError, common_options
 
 logger = logging.getLogger("wbia_lightglue")
 
-COMMANDS = (identify, evaluate, match, extract, calibrate, demo)  # in the order --help lists them
+COMMANDS = (identify, evaluate, match, extract, calibrate, demo, setup_hesaff)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,15 @@ and two fingerprints (of the values that change features, and of those that chan
 
 Every key is optional; a JSON file overrides the defaults it names (default file:
 ``/v_config/lightglue/config.json``, or ``$WBIA_LIGHTGLUE_CONFIG_DIR/config.json``).
+
+About 410 lines because the schema, the checked reading of a file and the fingerprints of what each key changes
+(including the stage-1 detector ``"auto"`` stands for) must stay one place: every caller keys stored results by them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -26,7 +30,8 @@ SCORE_NAMES = ("confidence_sum", "match_count", "inlier_count", "inlier_confiden
 NAME_SCORES = ("max", "sum", "mean_top3")
 CPU_PRECISIONS = ("fp32", "bf16")
 SHORTLIST_SOURCES = ("index", "hotspotter")
-SHORTLIST_DETECTORS = ("hesaff", "sift")
+# auto: hesaff when pyhesaff imports, else sift (one warning); the fingerprints see the detector it resolves to
+SHORTLIST_DETECTORS = ("auto", "hesaff", "sift")
 SHORTLIST_INDEXES = ("auto", "flat", "ivf", "ivfpq")
 FUSIONS = ("sum_log1p", "logistic", "lightglue")
 
@@ -124,8 +129,9 @@ SPECS: Dict[str, KeySpec] = {
     "shortlist_source": KeySpec("index", "string", *_choice(*SHORTLIST_SOURCES)),
     # stage-1 features on the chip downsized to a long edge of at most shortlist_image_size: Hessian-affine
     # SIFT (pyhesaff, HotSpotter's detector) or OpenCV's DoG RootSIFT; at most shortlist_features a chip.
-    # Defaults chosen on part A of benchmarks/two_stage.py (hesaff at 500 px with the spatial check).
-    "shortlist_detector": KeySpec("hesaff", "string", *_choice(*SHORTLIST_DETECTORS)),
+    # Defaults chosen on part A of benchmarks/two_stage.py (hesaff at 500 px with the spatial check); "auto"
+    # is hesaff wherever pyhesaff is installed (wbia-lightglue setup-hesaff), so a plain pip install still runs
+    "shortlist_detector": KeySpec("auto", "string", *_choice(*SHORTLIST_DETECTORS)),
     "shortlist_image_size": KeySpec(500, "integer", lambda v: 64 <= v <= 8192, "64..8192"),
     "shortlist_features": KeySpec(4000, "integer", lambda v: 16 <= v <= 20000, "16..20000"),
     "shortlist_knn": KeySpec(4, "integer", lambda v: 1 <= v <= 64, "1..64"),  # LNBNN K (+1 normaliser)
@@ -222,9 +228,20 @@ class Config(Mapping):
         return digest({"features": self.feature_fingerprint, **{k: self._values[k] for k in MATCH_KEYS}})
 
     @property
+    def stage1_detector(self) -> str:
+        """The stage-1 detector ``shortlist_detector`` stands for here: ``"hesaff"`` or ``"sift"``.
+
+        ``"auto"`` resolves to ``"hesaff"`` when pyhesaff imports, else to ``"sift"`` (one warning a process);
+        ``"hesaff"`` without pyhesaff is a ConfigError naming the fix.
+        """
+        return resolve_detector(self._values["shortlist_detector"])
+
+    @property
     def shortlist_feature_fingerprint(self) -> str:
-        """Digest of the values that change stage-1 features."""
-        return digest({"v": SHORTLIST_CODE_VERSION, **{k: self._values[k] for k in SHORTLIST_FEATURE_KEYS}})
+        """Digest of the values that change stage-1 features (``auto`` as the detector it resolves to)."""
+        values = {k: self._values[k] for k in SHORTLIST_FEATURE_KEYS}
+        values["shortlist_detector"] = self.stage1_detector  # "auto" with pyhesaff keys what "hesaff" did
+        return digest({"v": SHORTLIST_CODE_VERSION, **values})
 
     @property
     def shortlist_fingerprint(self) -> str:
@@ -277,6 +294,33 @@ def digest(values: Mapping[str, Any]) -> str:
     """A stable 16-hex-digit digest of JSON-serialisable values."""
     blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_warned_fallback = False  # the "auto" fallback is reported once a process
+
+
+def resolve_detector(name: str) -> str:
+    """A ``shortlist_detector`` value as a concrete detector: ``"hesaff"`` or ``"sift"``.
+
+    ``"auto"``: ``"hesaff"`` when pyhesaff imports, else ``"sift"`` with one logged warning saying how to get
+    Hessian-affine. ``"hesaff"`` without pyhesaff: ConfigError naming ``wbia-lightglue setup-hesaff``.
+    """
+    global _warned_fallback
+    if name == "sift":
+        return name
+    from .stage1 import hesaff  # lazily: pyhesaff loads a shared library
+
+    if hesaff.available():
+        return "hesaff"
+    if name == "hesaff":
+        raise ConfigError(f"shortlist_detector 'hesaff': {hesaff.MISSING}, or set shortlist_detector to 'auto' "
+                          "or 'sift'")
+    if not _warned_fallback:
+        _warned_fallback = True
+        logging.getLogger("wbia_lightglue").warning(
+            "stage 1 uses OpenCV SIFT (shortlist_detector 'auto'): %s (its shortlists were better on nyala, "
+            "benchmarks/README.md)", hesaff.MISSING)
+    return "sift"
 
 
 def validate(values: Mapping[str, Any], source: Optional[str] = None) -> None:

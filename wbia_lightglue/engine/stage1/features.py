@@ -1,7 +1,8 @@
 """Stage-1 features: SIFT descriptors of a chip downsized to ``shortlist_image_size``, at most ``shortlist_features``.
 
 ``shortlist_detector``: ``hesaff`` = Hessian-affine regions through pyhesaff (HotSpotter's detector, :mod:`.hesaff`);
-``sift`` = OpenCV's DoG SIFT as RootSIFT. Keypoints are returned in the chip's own pixels.
+``sift`` = OpenCV's DoG SIFT as RootSIFT; ``auto`` = ``hesaff`` when pyhesaff imports, else ``sift``
+(:attr:`Config.stage1_detector`). Keypoints are returned in the chip's own pixels.
 """
 from __future__ import annotations
 
@@ -56,9 +57,7 @@ def extract_stage1_features(
     config = resolve_config(config)
     keys = list(keys) if keys is not None else [None] * len(chips)
     limit = int(config["shortlist_features"])
-    detector = config["shortlist_detector"]
-    if detector == "hesaff":
-        hesaff.import_pyhesaff()  # not installed: one clear error before any chip
+    detector = config.stage1_detector  # "hesaff" without pyhesaff: one clear ConfigError before any chip
     sift = cv2.SIFT_create(nfeatures=limit) if detector == "sift" else None
     out = []
     for chip, key in zip(chips, keys):

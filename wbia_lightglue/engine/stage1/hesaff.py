@@ -1,7 +1,9 @@
 """Hessian-affine SIFT features through ``pyhesaff`` (the detector of WBIA's HotSpotter), loaded lazily.
 
-``pyhesaff`` (``wbia-pyhesaff``, installed with this package's requirements) is optional for the engine:
-only ``shortlist_detector = "hesaff"`` needs it, and its absence is reported naming that key.
+``pyhesaff`` (``wbia-pyhesaff``) is optional: it publishes only cp37..cp310 wheels, so ``pip install
+wbia-lightglue`` cannot bring it; ``wbia-lightglue setup-hesaff`` installs it (``.ci/build_env.sh`` does the same).
+``shortlist_detector = "auto"`` (the default) uses it when :func:`available`, else OpenCV SIFT; ``"hesaff"``
+without it is a config error naming the fix (:data:`MISSING`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ import numpy as np
 logger = logging.getLogger("wbia_lightglue")
 
 _PYHESAFF: Optional[Any] = None
+_IMPORT_ERROR: Optional[str] = None  # why pyhesaff did not import (tried once a process)
+
+MISSING = ("Hessian-affine (pyhesaff, from wbia-pyhesaff) is not installed; run `wbia-lightglue setup-hesaff` "
+           "to install it into this environment")
 
 
 def preload_system_gldispatch() -> None:
@@ -33,18 +39,29 @@ def preload_system_gldispatch() -> None:
 
 
 def import_pyhesaff() -> Any:
-    """The ``pyhesaff`` module; ImportError naming the config key when it is not installed."""
-    global _PYHESAFF
+    """The ``pyhesaff`` module; ImportError saying how to install it when it does not import (tried once)."""
+    global _PYHESAFF, _IMPORT_ERROR
     if _PYHESAFF is None:
-        preload_system_gldispatch()
-        try:
-            import pyhesaff
-        except ImportError as exc:
-            raise ImportError(
-                "shortlist_detector 'hesaff' needs pyhesaff (pip install wbia-pyhesaff==4.0.0, part of this "
-                "package's requirements.txt); or set shortlist_detector to 'sift'") from exc
-        _PYHESAFF = pyhesaff
+        if _IMPORT_ERROR is None:
+            preload_system_gldispatch()
+            try:
+                import pyhesaff
+            except (ImportError, OSError) as exc:  # OSError: its shared library would not load
+                _IMPORT_ERROR = str(exc) or type(exc).__name__
+            else:
+                _PYHESAFF = pyhesaff
+                return _PYHESAFF
+        raise ImportError(f"{MISSING} (import pyhesaff: {_IMPORT_ERROR})")
     return _PYHESAFF
+
+
+def available() -> bool:
+    """Whether ``pyhesaff`` imports (the import is tried once a process)."""
+    try:
+        import_pyhesaff()
+    except ImportError:
+        return False
+    return True
 
 
 def detect(bgr: np.ndarray, limit: int) -> Tuple[np.ndarray, np.ndarray]:
