@@ -94,7 +94,7 @@ def test_csv_queries(nyala_batch, csv_run):
     code, out, err, output = csv_run
     assert code == 0, err
     table = read_csv(output / "rankings.csv")
-    assert table[0] == ["query", "rank", "individual", "score", "annotation"]
+    assert table[0] == ["query", "rank", "individual", "score", "annotation", "probability"]
     queries = (nyala_batch / "queries.csv").read_text().split()[1:]
     assert [row[0] for row in table[1:]] == [q for q in queries for _ in range(3)]  # CSV order, top 3 each
     assert [int(row[1]) for row in table[1:]] == [1, 2, 3] * NUM_QUERIES

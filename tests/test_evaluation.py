@@ -73,7 +73,7 @@ def test_groups_are_never_compared_and_each_pair_is_scored_once():
         return [10.0 if (i, j) in ((0, 2), (1, 3)) else 1.0 for j in partners]
 
     groups = ["left", "right", "left", "right", "left"]
-    config = load_config(None)  # exhaustive: the evaluation runs the pipeline over the dataset's items
+    config = load_config(None, shortlist_k=0)  # exhaustive: the evaluation runs the pipeline over the items
     scores = score_matrix(5, DatasetSource([{}] * 5, config, groups=groups, pair_scores=score), config,
                           progress=False).scores
     assert sorted(calls) == [(0, 2), (0, 4), (1, 3), (2, 4)]

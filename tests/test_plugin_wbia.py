@@ -44,7 +44,8 @@ from wbia_lightglue.wbia_plugin.state import STATE as PLUGIN_STATE  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 PHOTOS = ROOT / "tests" / "data" / "photos"  # LightGlue's four sample photos (NOTICE there)
-SMALL = {"max_num_keypoints": 256, "image_size": 320, "compile": False, "device": "cpu"}
+# exhaustive (raw LightGlue sums) unless a test says otherwise; the default two-stage has its own test
+SMALL = {"max_num_keypoints": 256, "image_size": 320, "compile": False, "device": "cpu", "shortlist_k": 0}
 SPECIES = "zebra_plains"
 
 
@@ -932,6 +933,33 @@ def test_two_stage_query_chips_shortlists_stores_raw_scores_and_fuses(db, config
     # the stage-1 index is persisted in the database's cache folder and kept in step
     saved = list((Path(ibs.get_cachedir()) / "lightglue_shortlist").glob("*.npz"))
     assert [p.stem for p in saved] == [config.shortlist_fingerprint]
+
+
+def test_the_built_in_defaults_are_two_stage_with_calibrated_scores(db, config_dir):
+    """query_chips with the defaults (no key but where to run): fused scores mapped by the shipped calibration."""
+    from wbia_lightglue.engine import fusion
+
+    ibs = db["ibs"]
+    made = _made(db)
+    path = config_dir / "defaults.json"
+    path.write_text(json.dumps({"compile": False, "device": "cpu"}))  # neither changes a score
+    config = core.load_config(path)
+    assert config.mode == "two_stage" and config.pair_score_fingerprint == core.Config({}).pair_score_fingerprint
+    shipped = core.load_calibration(config)
+    assert shipped is not None and shipped.meta.get("date"), "no shipped calibration for the defaults"
+    cms = ibs.query_chips(made[:2], made, cfgdict={"pipeline_root": "LightGlue", "config_path": str(path)})
+    for cm in cms:
+        assert cm.get_top_nids()[0] == ibs.get_annot_nids(cm.qaid)
+        scores = np.asarray(cm.annot_score_list)
+        assert np.all((scores > 0) & (scores < 1))  # probabilities
+        assert cm.name_score_list.max() == pytest.approx(scores.max())
+        daids = [int(d) for d in cm.daid_list]
+        stage1 = ibs.lightglue_stage1_scores(cm.qaid, daids, config)
+        raw = ibs.lightglue_match_scores(cm.qaid, daids, config)  # a database smaller than K: all matched
+        fused = fusion.fuse(raw, stage1, np.ones(len(daids), bool), config)
+        np.testing.assert_allclose(scores, shipped.probability(fused), rtol=1e-6)
+        best = int(np.argmax(scores))
+        assert scores[best] > 0.5 and ibs.get_annot_nids(daids[best]) == ibs.get_annot_nids(cm.qaid)
 
 
 def test_two_stage_hotspotter_source_and_chip_change(db, config_dir):

@@ -199,8 +199,7 @@ def test_fit_logistic_separates_and_stays_monotone():
 
 
 def test_exhaustive_mode_reproduces_one_stage_scores_exactly(photos):
-    config = load_config(None, max_num_keypoints=256, image_size=320, device="cpu")
-    assert config["shortlist_k"] == 0
+    config = load_config(None, max_num_keypoints=256, image_size=320, device="cpu", shortlist_k=0)
     feats = extract_features(list(photos.values()), config, progress=False)
     expected = match_scores(feats[0], feats[1:], config)
     result = score_query(None, FeatureSource(feats[0], feats[1:], [3.0, 0.0, 1.0], config), config)

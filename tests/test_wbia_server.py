@@ -35,7 +35,8 @@ import pytest
 pytestmark = [pytest.mark.wbia, pytest.mark.server, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"max_num_keypoints": 256, "image_size": 256, "compile": False, "device": "cpu"}
+# exhaustive (raw LightGlue sums) unless a test says otherwise
+SMALL = {"max_num_keypoints": 256, "image_size": 256, "compile": False, "device": "cpu", "shortlist_k": 0}
 INDIVIDUALS = ("100", "144", "85")  # left flanks; the query is the first photo of the first one
 PER_INDIVIDUAL = 4
 STARTUP_S = 240

@@ -68,9 +68,9 @@ class StoreSource:
                 self._aliked.update(zip(self._db.keys, self._db.features))
             else:
                 self._index = shortlist_index(self.store, self._db, self.config, self.database.source)
+        self.query_report = q.report
         if kind == "aliked":
             self._aliked[q.keys[0]] = q.features[0]
-            self.query_report = q.report
         else:
             self._query_stage1[id(query)] = (q.features[0], q.keys[0])
         others = [i for i, key in enumerate(self._db.keys) if key != q.keys[0]]
