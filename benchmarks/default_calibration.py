@@ -8,7 +8,9 @@ Two parts of the shared nyala data, disjoint by individual:
   its flank through the product's pipeline at the default settings (``evaluation.datasets.score_dataset``:
   stage 1, LightGlue on the top ``shortlist_k``, ``sum_log1p`` fusion). The calibration is fitted on every
   directed (query, candidate) pair's fused score (``evaluation.calibration.fit``, logistic) and, with
-  ``--write-package``, written to ``wbia_lightglue/calibrations/`` with the fit's data, settings and date.
+  ``--write-package``, written to ``wbia_lightglue/calibrations/`` with the fit's data, settings and date. The
+  fit part is also where settings are checked: ``fusion_grid`` re-ranks its scored matrices with k <= 20 and
+  other stage-1 weights (no new LightGlue pair needed).
 * **report part** (``--part report``): part B of ``benchmarks/two_stage.py`` (full resolution, the 20 held-out
   individuals, 58 photos), evaluated at the default settings with the calibration of the fit part: Rank-1/5,
   mAP, Brier score and reliability of the calibrated pair probabilities, and (``--hotspotter``, needs wbia)
@@ -38,6 +40,7 @@ from two_stage import FULLRES, NYALA, hotspotter_matrix, paired_bootstrap, read_
 from wbia_lightglue.data.dataset import Annotation, Dataset, natural_key
 from wbia_lightglue.engine.calibration import BUILTIN_DIR, Calibration
 from wbia_lightglue.engine.config import Config, resolve_config
+from wbia_lightglue.engine.fusion import shortlist_positions
 from wbia_lightglue.evaluation.calibration import brier_score, fit, labelled_pairs, reliability
 from wbia_lightglue.evaluation.datasets import score_dataset
 from wbia_lightglue.evaluation.protocol import EvaluationReport, evaluate_scores
@@ -101,6 +104,27 @@ def summary(report: EvaluationReport) -> Dict[str, float]:
             "mAP": round(report.mean_average_precision, 3), "queries": report.num_queries}
 
 
+def fusion_grid(m: Dict[str, np.ndarray], annots: Sequence[Annotation], ks: Sequence[int] = (5, 10, 15, 20),
+                weights: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)) -> List[dict]:
+    """Rank-1/5/mAP of ``log1p(lightglue) + w * log1p(stage 1)`` over the top k <= shortlist_k, from the
+    matrices already scored (the top k of stage 1 are inside the scored top 20: no new LightGlue pair)."""
+    s1_all, lg_all = m["stage1"], m["lightglue"]
+    n = len(annots)
+    rows = []
+    for k in ks:
+        for w in weights:
+            fused = np.full((n, n), np.nan)
+            for q in range(n):
+                cols = np.where(~np.isnan(s1_all[q]))[0]
+                s1 = np.maximum(s1_all[q, cols], 0.0)
+                top = shortlist_positions(s1, k)
+                lg = np.zeros(len(cols))
+                lg[top] = np.nan_to_num(lg_all[q, cols[top]], nan=0.0)
+                fused[q, cols] = np.log1p(lg) + w * np.log1p(s1)
+            rows.append({"k": k, "w_stage1": w, **summary(report_of(fused, annots))})
+    return rows
+
+
 def run_fit(args: argparse.Namespace, config: Config) -> dict:
     annots = fit_part(args.individuals)
     m = scored_part("fit", annots, config, args.output)
@@ -116,10 +140,11 @@ def run_fit(args: argparse.Namespace, config: Config) -> dict:
     out = {"photos": len(annots), "individuals": len(set(labels)), "pairs": int(len(scores)),
            "same_pairs": int(same.sum()), "brier_fit": round(brier_score(p, same), 5),
            "brier_base_rate": round(brier_score(np.full(len(same), same.mean()), same), 5),
-           "logistic": calibration.logistic, "fit_part_accuracy": summary(report_of(m["scores"], annots))}
+           "logistic": calibration.logistic, "fit_part_accuracy": summary(report_of(m["scores"], annots)),
+           "fusion_grid": fusion_grid(m, annots)}
     if args.write_package:
         path = BUILTIN_DIR / "two_stage.calibration.json"
-        calibration.meta["fit_part"] = out
+        calibration.meta["fit_part"] = {k: v for k, v in out.items() if k != "fusion_grid"}
         calibration.save(path)
         out["written"] = str(path.relative_to(ROOT))
     return out

@@ -31,8 +31,9 @@ for old in sorted((out / "old").rglob("*.json")):
     if "queries" in a:  # report.json: every query's row, and the summary
         same = a["queries"] == b["queries"] and a["cmc"] == b["cmc"] and a["mean_average_precision"] == b["mean_average_precision"]
         what = f"{len(a['queries'])} queries, rank-1 {a['cmc'].get('1')}"
-    else:  # identify --json: every candidate row (rank, individual, annotation, score, probability)
-        same = a["candidates"] == b["candidates"]
+    else:  # identify --json: every candidate row (rank, individual, annotation, score; fields added later ignored)
+        fields = ("rank", "individual", "annotation", "score")
+        same = [[c[f] for f in fields] for c in a["candidates"]] == [[c[f] for f in fields] for c in b["candidates"]]
         what = f"{len(a['candidates'])} individuals ranked"
     bad += not same
     print(("identical " if same else "DIFFERENT ") + str(old.relative_to(out / "old")) + f" ({what})")

@@ -5,6 +5,7 @@ Tiny settings throughout (128 keypoints, 256 px) and project-made images (tests/
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -404,3 +405,23 @@ def test_evaluate_two_stage_fuses_and_hotspotter_source_is_refused(data, capsys)
     code, _, err = run_cli(capsys, "evaluate", data / "db", "--config", bad, "--cache-dir", data / "store", *TINY)
     assert code == 2
     assert_one_error_line(err, "shortlist_source", "hotspotter", "WBIA")
+
+
+def test_evaluate_with_no_options_is_two_stage_and_calibrated(tmp_path, capsys):
+    """The built-in defaults (2048 keypoints, shortlist 20): fused scores and the shipped calibration's P."""
+    photos = Path(__file__).parent / "data" / "photos"
+    for scene, names in (("dsc", ("DSC_0410.JPG", "DSC_0411.JPG")), ("sacre_coeur", ("sacre_coeur1.jpg",
+                                                                                     "sacre_coeur2.jpg"))):
+        (tmp_path / "db" / scene).mkdir(parents=True)
+        for name in names:
+            shutil.copy(photos / name, tmp_path / "db" / scene / name)
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "db", "--output", tmp_path / "eval", "--cache-dir",
+                             tmp_path / "store", "-q", "--report-queries", "1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["meta"]["mode"] == "two_stage" and report["meta"]["config"]["shortlist_k"] == 20
+    check = report["meta"]["calibration"]
+    assert check is not None and check["method"] == "logistic" and "nyala" in check["fitted_on"]
+    assert 0 <= check["brier"] <= 1 and check["pairs"] == 12  # every directed pair of the two scenes
+    assert report["cmc"]["1"] == 1.0
+    assert "two-stage; calibrated (logistic)" in out
