@@ -168,7 +168,7 @@ def test_device_index_beyond_the_machine(monkeypatch):
 
 
 def valid_calibration(config):
-    return {"version": 1, "x": [0.0, 5.0, 20.0], "p": [0.0, 0.3, 0.9], "match_fingerprint": config.match_fingerprint,
+    return {"version": 1, "x": [0.0, 5.0, 20.0], "p": [0.0, 0.3, 0.9], "match_fingerprint": config.pair_score_fingerprint,
             "score": "confidence_sum", "method": "isotonic"}
 
 
@@ -681,7 +681,9 @@ def test_identify_runs_with_an_unusable_calibration(tmp_path, capsys):
     config_path = tmp_path / "conf" / "lightglue.json"
     config_path.parent.mkdir()
     config_path.write_text(json.dumps(TINY))
-    (tmp_path / "conf" / "lightglue.calibration.json").write_bytes(b"\x00\x01binary")
+    from wbia_lightglue.engine.calibration import calibration_path
+
+    calibration_path(load_config(config_path)).write_bytes(b"\x00\x01binary")  # where this config's is looked up
     for k in range(2):
         write_png(tmp_path / "db" / f"ind{k}" / "a.png", textured_chip(30 + k, (120, 160)))
     query = write_png(tmp_path / "q.png", warp(textured_chip(30, (120, 160))))
