@@ -16,16 +16,18 @@ from :class:`RaySource`, whose work runs on the cluster (Ray core tasks and acto
 * **LightGlue**: one ``lightglue_pairs`` task per query scores its shortlisted pairs (exhaustive: every
   candidate), the same call on the same list as a local run.
 
-Fault tolerance: tasks are retried (``RETRIES``), actors restarted with their calls retried; their inputs are
-objects the driver put (it owns them, so they survive a worker node). The driver journals each query as it
+Fault tolerance: tasks are retried (``RETRIES``), actors restarted with their calls retried (a shard's reads are
+asked again while it is unreachable during its restart); their inputs are objects the driver put (it owns them,
+so they survive a worker node). The driver journals each query as it
 finishes (``pipeline.batch.Journal``): a dead worker node loses nothing and duplicates nothing, a dead driver
 loses at most the queries in flight and a rerun keeps the rest.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -43,6 +45,7 @@ RETRIES = 3  # a task re-run, an actor restarted (and its call retried), after i
 EXTRACT_CHUNK = 8  # photos per extraction call (bytes in, arrays out: what one call holds in memory)
 IN_FLIGHT = 2  # extraction calls queued per extractor (the next chunk waits while one runs)
 REF_CACHE = 4096  # ALIKED features of database annotations kept in the object store (least recently used out)
+UNAVAILABLE_SECONDS = 300  # how long a driver asks again for an actor that is being restarted
 SPATIAL_TOP = 50  # as Stage1Index.search: candidates re-scored by the spatial check
 
 Photo = Tuple[bytes, str, Optional[BBox]]
@@ -88,6 +91,26 @@ def lightglue_pairs(config: Config, query: Mapping[str, Any], *candidates: Mappi
 
 
 # ---------------------------------------------------------------------------------------------- on the driver
+def _get_again_while_unavailable(submit: Callable[[], List[Any]]) -> List[Any]:
+    """``ray.get`` of the calls ``submit`` makes, made again while an actor is restarting (pure reads only).
+
+    Ray retries a call on an actor that died (``max_task_retries``), but one it could not reach while the
+    actor's node was being declared dead fails with ActorUnavailableError ("may or may not have been executed").
+    """
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + UNAVAILABLE_SECONDS
+    while True:
+        try:
+            return list(ray.get(submit()))
+        except ActorUnavailableError as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.info("a stage-1 shard is unavailable (%s); asking again", str(exc).split(":")[0])
+            time.sleep(1.0)
+
+
 def connect(address: str, *, progress: bool = True) -> None:
     """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver."""
     import ray
@@ -121,6 +144,7 @@ class RaySource:
         self._db_keys: List[str] = []  # their distinct keys: the stage-1 slots
         self._slot_of: Dict[str, int] = {}
         self._shards: List[Tuple[Any, int]] = []  # (actor, offset of its keys in _db_keys)
+        self._shard_inputs: List[Any] = []  # ObjectRefs of each shard's features (kept for restarts)
         self._refs: "OrderedDict[str, Any]" = OrderedDict()  # key -> ObjectRef of its ALIKED features
         self._query: Optional[Tuple[int, str, Dict[str, Any]]] = None  # id(query), key, its features by kind
 
@@ -156,7 +180,8 @@ class RaySource:
         k = int(self.config["shortlist_knn"])
         fetch = k + 1 + (k + 1 if exclude else 0)  # as Stage1Index.fetch over the whole database
         ref = ray.put(stage1)
-        tables = ray.get([shard.neighbours.remote(ref, fetch) for shard, _ in self._shards])
+        shards = [shard for shard, _ in self._shards]
+        tables = _get_again_while_unavailable(lambda: [shard.neighbours.remote(ref, fetch) for shard in shards])
         tables = [Neighbours(t.dist, np.where(t.slots >= 0, t.slots + offset, -1), t.xy)
                   for t, (_, offset) in zip(tables, self._shards)]
         scores = score_neighbours(merge_neighbours(tables, fetch), stage1, self._db_keys, self._slot_of,
@@ -184,7 +209,7 @@ class RaySource:
 
             for shard, _ in self._shards:
                 ray.kill(shard)
-            self._shards = []
+            self._shards, self._shard_inputs = [], []
         self._refs.clear()
 
     # ------------------------------------------------------------------ the first query
@@ -306,6 +331,7 @@ class RaySource:
             feats = ray.put([self._features(key, "stage1") for key in keys])
             actor = self._remote["shard"].options(scheduling_strategy="SPREAD").remote(self.config, keys, feats)
             self._shards.append((actor, int(start)))
+            self._shard_inputs.append(feats)  # held while the actor lives: a restart builds it from them again
         logger.info("stage 1: %d annotations in %d shards", len(self._db_keys), len(self._shards))
 
     # ------------------------------------------------------------------ features on the driver
