@@ -104,8 +104,9 @@ def free_port() -> int:
 class Cluster:
     """A head and a worker node, each a ``ray start --block`` process in its own process group."""
 
-    def __init__(self):
+    def __init__(self, logs: Path):
         self.temp = Path(f"/tmp/rt-{uuid.uuid4().hex[:8]}")  # short: Ray's socket paths must stay < 107 chars
+        self.logs = logs
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.head = self._start("head", ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
@@ -117,7 +118,7 @@ class Cluster:
 
     def _start(self, name, args):
         self.temp.mkdir(parents=True, exist_ok=True)
-        log = open(self.temp.with_name(self.temp.name + f".{name}.log"), "w")
+        log = open(self.logs / f"ray-{name}.log", "w")
         return subprocess.Popen([RAY, "start", *args, "--num-cpus", "1", "--block"], env=env(), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
 
@@ -131,7 +132,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.head.poll() is not None:
-                raise RuntimeError(f"ray head exited: see {self.temp}.head.log")
+                raise RuntimeError(f"ray head exited: see {self.logs / 'ray-head.log'}")
             if self.alive_nodes() >= count:
                 return
             time.sleep(1)
@@ -172,7 +173,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(nyala_set):
-    started = Cluster()
+    started = Cluster(nyala_set)
     yield started
     started.stop()
 

@@ -14,9 +14,10 @@ QUERIES is one photo, a folder of photos (any depth) or a CSV with a ``path`` co
 * ``journal.jsonl``: the finished queries (``pipeline.batch.Journal``). Run again with the same DIR and they
   are kept, not redone; a killed run loses at most the query in flight.
 
-rankings.csv/json and failed.csv are rewritten atomically every ``CHECKPOINT_SECONDS`` and at the end. The
-run succeeds when the batch completed, also with failed queries (they are counted in the summary); it fails
-(exit 1) only when no query could be identified.
+With ``--ray ADDRESS`` the work runs on a Ray cluster (``distributed.ray_runner.RaySource``); this module still
+writes every output and the journal. rankings.csv/json and failed.csv are rewritten atomically every
+``CHECKPOINT_SECONDS`` and at the end. The run succeeds when the batch completed, also with failed queries (they
+are counted in the summary); it fails (exit 1) only when no query could be identified.
 """
 from __future__ import annotations
 
