@@ -40,6 +40,7 @@ setup(
     extras_require={
         "tests": ["pytest>=7"],
         "lint": ["ruff==0.17.6", "mypy==2.4.1"],
+        "ray": ["ray>=2.60,<3"],  # identify --ray ADDRESS: a batch on a Ray cluster (core only: no ray[data])
     },
     entry_points={
         "console_scripts": [

@@ -1,7 +1,7 @@
 """The package's structure: no import cycles, no arrow back up the layering, long modules say why.
 
-Layers, bottom to top: files -> engine -> data -> pipeline -> evaluation -> {cli, wbia_plugin}; a module may
-import its own layer and the layers below. ``core`` (the library's face) sits above evaluation; ``_plugin``
+Layers, bottom to top: files -> engine -> data -> pipeline -> {evaluation, distributed} -> {cli, wbia_plugin};
+a module may import its own layer and the layers below. ``core`` (the library's face) sits above evaluation; ``_plugin``
 and ``serve`` are WBIA's entry points; the package ``__init__`` only installs the WBIA import hook (above them:
 it imports nothing at import time, and the plugin once wbia is imported).
 Pure logic over the source files (AST), so it runs everywhere.
@@ -15,7 +15,7 @@ from typing import Dict, List, Set
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "wbia_lightglue"
-LAYERS = {"files": 0, "engine": 1, "data": 2, "pipeline": 3, "evaluation": 4, "core": 5, "cli": 6,
+LAYERS = {"files": 0, "engine": 1, "data": 2, "pipeline": 3, "evaluation": 4, "distributed": 4, "core": 5, "cli": 6,
           "wbia_plugin": 6, "_plugin": 7, "serve": 7, "__main__": 7, "_version": 0}
 ROOT_LAYER = 8
 LONG_MODULE = 400

@@ -14,9 +14,10 @@ QUERIES is one photo, a folder of photos (any depth) or a CSV with a ``path`` co
 * ``journal.jsonl``: the finished queries (``pipeline.batch.Journal``). Run again with the same DIR and they
   are kept, not redone; a killed run loses at most the query in flight.
 
-rankings.csv/json and failed.csv are rewritten atomically every ``CHECKPOINT_SECONDS`` and at the end. The
-run succeeds when the batch completed, also with failed queries (they are counted in the summary); it fails
-(exit 1) only when no query could be identified.
+With ``--ray ADDRESS`` the work runs on a Ray cluster (``distributed.ray_runner.RaySource``); this module still
+writes every output and the journal. rankings.csv/json and failed.csv are rewritten atomically every
+``CHECKPOINT_SECONDS`` and at the end. The run succeeds when the batch completed, also with failed queries (they
+are counted in the summary); it fails (exit 1) only when no query could be identified.
 """
 from __future__ import annotations
 
@@ -29,12 +30,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from ..data.dataset import Annotation, Dataset, load_queries
-from ..engine.config import ConfigLike, resolve_config
+from ..engine.config import Config, ConfigLike, resolve_config
 from ..evaluation import html_report
 from ..files import atomic_write_text, printable, remove_stale_temp_files
 from ..pipeline import calibration_for
-from ..pipeline.batch import CHECKPOINT_SECONDS, Journal, QueryRanking, database_fingerprint, identify_batch
-from ..pipeline.files import StoreSource, check_stage1_source, store_source
+from ..pipeline.batch import (
+    CHECKPOINT_SECONDS,
+    BatchSource,
+    Journal,
+    QueryRanking,
+    database_fingerprint,
+    identify_batch,
+)
+from ..pipeline.files import check_stage1_source, store_source
 from .common import features_line, require_writable
 
 logger = logging.getLogger("wbia_lightglue")
@@ -94,10 +102,13 @@ def main(
     report_queries: int = html_report.DEFAULT_MAX_QUERIES,
     progress: bool = True,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    ray_address: Optional[str] = None,
 ) -> BatchRun:
     """Rank ``database``'s individuals for every photo of ``queries``; write the outputs into ``output``.
 
-    Raises NothingIdentified (after writing the outputs) when every query failed.
+    ``ray_address``: the work runs on the Ray cluster there (``distributed.ray_runner``); the outputs and the
+    journal are written here, by the same code. Raises NothingIdentified (after writing the outputs) when every
+    query failed.
     """
     config = resolve_config(config)
     check_stage1_source(config)  # settings first: no output folder is made under a bad one
@@ -105,7 +116,21 @@ def main(
     require_writable(output)
     remove_stale_temp_files(output, STALE_TEMP_SECONDS)
     query_set = queries if isinstance(queries, Dataset) else load_queries(queries)
-    source = store_source(database, config, cache_dir, progress=progress, pair_progress=False)
+    source: BatchSource
+    if ray_address is None:
+        source = store_source(database, config, cache_dir, progress=progress, pair_progress=False)
+    else:
+        from ..distributed.ray_runner import ray_source
+
+        source = ray_source(ray_address, database, query_set, config, cache_dir, progress=progress)
+    try:
+        return _run(query_set, source, output, config, top, report_queries, progress, checkpoint_seconds)
+    finally:
+        source.close()
+
+
+def _run(query_set: Dataset, source: BatchSource, output: Path, config: Config, top: int, report_queries: int,
+         progress: bool, checkpoint_seconds: float) -> BatchRun:
     logger.info("identify %d queries from %s against %s (config %s) into %s", len(query_set), query_set.source,
                 source.database.source, config.fingerprint, output)
     meta = _meta(query_set, source, top)
@@ -134,14 +159,14 @@ def main(
     return run
 
 
-def _meta(queries: Dataset, source: StoreSource, top: int) -> Dict[str, Any]:
+def _meta(queries: Dataset, source: BatchSource, top: int) -> Dict[str, Any]:
     config = source.config
     return {"queries": str(queries.source), "database": str(source.database.source), "top": top,
             "mode": config.mode, "config_fingerprint": config.fingerprint,
             "ranking_fingerprint": config.ranking_fingerprint}
 
 
-def _write_rankings(output: Path, results: List[QueryRanking], meta: Dict[str, Any], source: StoreSource) -> None:
+def _write_rankings(output: Path, results: List[QueryRanking], meta: Dict[str, Any], source: BatchSource) -> None:
     """rankings.csv, rankings.json and failed.csv from the results so far, each written atomically."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
@@ -166,7 +191,7 @@ def _write_rankings(output: Path, results: List[QueryRanking], meta: Dict[str, A
     atomic_write_text(output / FAILED_CSV, failures.getvalue())
 
 
-def _shown_queries(ranked: List[tuple], source: StoreSource, top: int) -> List[html_report.ShownQuery]:
+def _shown_queries(ranked: List[tuple], source: BatchSource, top: int) -> List[html_report.ShownQuery]:
     """The report's sections: each ranked query with its ``top`` candidates as database annotations."""
     by_name: Dict[tuple, Annotation] = {(str(a.path), a.name): a for a in source.database.annotations}
     shown = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -95,6 +96,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--report-queries", type=int, metavar="N",
                      help=f"batch: queries drawn in DIR/report.html, each with its top {html_report.DEFAULT_TOP} "
                           f"candidates (default {html_report.DEFAULT_MAX_QUERIES}; 0: the table only)")
+    cmd.add_argument("--ray", metavar="ADDRESS",
+                     help="batch: run on the Ray cluster whose head is at ADDRESS (host:port; `ray start --head`); "
+                          "the outputs are written here as without it (needs the ray extra)")
     cmd.set_defaults(func=run)
 
 
@@ -107,6 +111,8 @@ def is_batch(args: argparse.Namespace) -> bool:
                              "--output DIR for the batch's rankings (see wbia-lightglue identify --help)")
         if args.report_queries is not None:
             raise UsageError("--report-queries is for the batch form: give --output DIR")
+        if args.ray is not None:
+            raise UsageError("--ray is for the batch form: give --output DIR")
         return False
     single = [flag for flag, value in (("--json", args.json), ("--csv", args.csv), ("--report", args.report))
               if value is not None]
@@ -135,9 +141,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_batch(args: argparse.Namespace) -> None:
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray in this environment: pip install 'wbia-lightglue[ray]'")
     report_queries = html_report.DEFAULT_MAX_QUERIES if args.report_queries is None else args.report_queries
     result = batch.main(args.query, args.database, args.output, config_from_args(args), top=args.top,
-                        cache_dir=args.cache_dir, report_queries=report_queries, progress=not args.quiet)
+                        cache_dir=args.cache_dir, report_queries=report_queries, progress=not args.quiet,
+                        ray_address=args.ray)
     print(result.features_line())
     print(result.summary())
     written = ", ".join(str(args.output / name) for name in (batch.RANKINGS_CSV, batch.RANKINGS_JSON,

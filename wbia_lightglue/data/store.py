@@ -211,35 +211,18 @@ class FeatureStore:
                        keys: List[Optional[str]], feats: List[Optional[Dict[str, Any]]], report: StoreReport,
                        config: Config, device: DeviceLike, on_error: OnError,
                        kind: FeatureKind = "aliked") -> None:
-        chips, positions = [], []
-        for pos, data in chunk:
-            path, bbox = sources[pos]
-            try:
-                chips.append(decode_image(data, path, bbox, config["max_image_pixels"]))
-                positions.append(pos)
-            except ImageReadError as exc:
+        photos = [(data, sources[pos][0], sources[pos][1]) for pos, data in chunk]
+        for (pos, _), out in zip(chunk, extract_photos(photos, config, kind, device=device, on_error=on_error)):
+            if isinstance(out, ImageReadError):  # not decodable: skipped (or raised) like an unreadable file
                 keys[pos] = None
-                self._skip(report, exc, on_error)
-        if not chips:
-            return
-        names = [str(sources[pos][0]) for pos in positions]
-        try:
-            if kind == "aliked":
-                outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error,
-                                           progress=False)
+                self._skip(report, out, on_error)
+            elif isinstance(out, str):  # e.g. a chip too small to use (core has logged it)
+                keys[pos] = None
+                report.failed.append(out)
             else:
-                outputs = extract_stage1_features(chips, config, keys=names, on_error=on_error)
-        except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
-            raise ImageReadError(str(exc)) from exc
-        for pos, out in zip(positions, outputs):
-            error = failure(out)
-            if error is not None:  # e.g. a chip too small to use (core has logged it): skipped like a bad file
-                keys[pos] = None
-                report.failed.append(error)
-                continue
-            self.save(keys[pos], self.fingerprint(config, kind), out)  # type: ignore[arg-type]
-            feats[pos] = out
-            report.extracted += 1
+                self.save(keys[pos], self.fingerprint(config, kind), out)  # type: ignore[arg-type]
+                feats[pos] = out
+                report.extracted += 1
 
     @staticmethod
     def _skip(report: StoreReport, error: ImageReadError, on_error: OnError) -> None:
@@ -247,6 +230,42 @@ class FeatureStore:
             raise error
         logger.warning("%s; skipped", error)
         report.failed.append(str(error))
+
+
+def extract_photos(photos: Sequence[Tuple[bytes, Union[str, Path], Optional[BBox]]], config: Config,
+                   kind: FeatureKind = "aliked", *, device: DeviceLike = None,
+                   on_error: OnError = "skip") -> List[Union[Dict[str, Any], str, ImageReadError]]:
+    """Features of each photo given as ``(file bytes, path, bbox)``, decoded and extracted here (nothing stored).
+
+    Each result is the features, the error message of a chip that cannot be used (too small), or the
+    ImageReadError of bytes that do not decode (a truncated JPEG); ``on_error='raise'`` raises that instead.
+    What a store extracts for the photos it misses, and what a worker of a cluster extracts for a driver.
+    """
+    out: List[Union[Dict[str, Any], str, ImageReadError]] = []
+    chips, positions = [], []
+    for pos, (data, path, bbox) in enumerate(photos):
+        try:
+            chips.append(decode_image(data, path, bbox, config["max_image_pixels"]))
+            positions.append(pos)
+            out.append("")
+        except ImageReadError as exc:
+            if on_error == "raise":
+                raise
+            out.append(exc)
+    if not chips:
+        return out
+    names = [str(photos[pos][1]) for pos in positions]
+    try:
+        if kind == "aliked":
+            outputs = extract_features(chips, config, keys=names, device=device, on_error=on_error, progress=False)
+        else:
+            outputs = extract_stage1_features(chips, config, keys=names, on_error=on_error)
+    except InvalidChipError as exc:  # only with on_error='raise': the one image asked for is unusable
+        raise ImageReadError(str(exc)) from exc
+    for pos, feats in zip(positions, outputs):
+        error = failure(feats)
+        out[pos] = error if error is not None else feats  # type: ignore[assignment]
+    return out
 
 
 def entry_problem(feats: Dict[str, Any]) -> Optional[str]:

@@ -204,6 +204,10 @@ class Config(Mapping):
     def __repr__(self) -> str:
         return f"Config({self._values!r}, source={self.source!r})"
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        """Pickled as its values and source (``__getattr__`` would otherwise recurse while unpickling)."""
+        return (Config, (dict(self._values), self.source))
+
     def __hash__(self) -> int:
         return hash(self.fingerprint)
 

@@ -25,20 +25,33 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 from ..data.dataset import Annotation, Dataset
 from ..data.images import ImageReadError, read_image_bytes
-from ..data.store import content_key
+from ..data.store import FeatureStore, StoreReport, content_key
 from ..engine.calibration import Calibration
 from ..engine.config import Config
-from .files import StoreSource
-from .stages import QueryScores, RankedIndividual, calibration_for, rank_individuals, score_query
+from .stages import EvidenceSource, QueryScores, RankedIndividual, calibration_for, rank_individuals, score_query
 
 logger = logging.getLogger("wbia_lightglue")
 
 JOURNAL_VERSION = 1
 CHECKPOINT_SECONDS = 60.0  # how often identify_batch hands the results so far to its checkpoint
+
+
+class BatchSource(EvidenceSource[Annotation], Protocol):
+    """What a batch needs of its source: the evidence, plus its database, store and config, and what the
+    store did for the database (``files.StoreSource`` on this machine, ``distributed.ray_runner.RaySource``
+    on a Ray cluster)."""
+
+    database: Dataset
+    store: FeatureStore
+    config: Config
+    database_report: StoreReport
+
+    def close(self) -> None:
+        """Release what the source holds beyond this process (nothing for a local one)."""
 
 
 @dataclass
@@ -229,7 +242,7 @@ def query_label(queries: Dataset, query: Annotation) -> str:
 
 def identify_batch(
     queries: Dataset,
-    source: StoreSource,
+    source: BatchSource,
     config: Config,
     *,
     top: int,
@@ -261,7 +274,7 @@ def identify_batch(
     return results
 
 
-def _identify_one(queries: Dataset, query: Annotation, source: StoreSource, config: Config, top: int,
+def _identify_one(queries: Dataset, query: Annotation, source: BatchSource, config: Config, top: int,
                   journal: Optional[Journal], calibration: Optional[Calibration]) -> QueryRanking:
     label, path = query_label(queries, query), str(query.path)
     try:

@@ -82,6 +82,9 @@ class StoreSource:
         self._last_query = (id(query), q.keys[0], len(others) < len(self._db.annotations))
         return [self._db.annotations[i] for i in others]
 
+    def close(self) -> None:
+        """Nothing to release: everything lives in this process (``pipeline.batch.BatchSource``)."""
+
     def _forget_last_query(self, mode: Mode) -> None:
         """Drop what the previous query left in memory; the database's own features stay."""
         if self._last_query is None:

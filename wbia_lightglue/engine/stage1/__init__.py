@@ -9,7 +9,9 @@ A query's stage-1 scores rank every database annotation; the pipeline (:mod:`wbi
 sends the top ``shortlist_k`` (the shortlist) to LightGlue. Config keys of this stage are ``shortlist_*``.
 """
 from .features import DIM, empty_stage1_features, extract_stage1_features, rootsift
-from .index import Stage1Index, Stage1Scores, build_index, stage1_device, synced_index
+from .index import Stage1Index, Stage1Scores, build_index, score_neighbours, stage1_device, synced_index
+from .lnbnn import Neighbours, merge_neighbours
 
-__all__ = ["DIM", "Stage1Index", "Stage1Scores", "build_index", "empty_stage1_features",
-           "extract_stage1_features", "rootsift", "stage1_device", "synced_index"]
+__all__ = ["DIM", "Neighbours", "Stage1Index", "Stage1Scores", "build_index", "empty_stage1_features",
+           "extract_stage1_features", "merge_neighbours", "rootsift", "score_neighbours", "stage1_device",
+           "synced_index"]

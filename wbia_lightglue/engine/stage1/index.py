@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ...files import STALE_TEMP_SECONDS, atomic_write, remove_stale_temp_files
 from ..config import Config, ConfigError, ConfigLike, resolve_config
 from .features import DIM
-from .lnbnn import lnbnn_votes, spatial_check
+from .lnbnn import Neighbours, lnbnn_votes, spatial_check
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -267,6 +267,24 @@ class Stage1Index:
             idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
         return dist, idx
 
+    def fetch(self, exclude: Collection[str] = ()) -> int:
+        """Neighbours a search fetches per query descriptor: K + 1, twice that when a key of ``exclude`` is here."""
+        return self.k + 1 + (self.k + 1 if any(k in self._slot_of for k in exclude) else 0)
+
+    def neighbours(self, features: Mapping[str, Any], fetch: int) -> Neighbours:
+        """The ``fetch`` nearest database descriptors of each query descriptor, as slots of ``slot_keys``."""
+        desc = np.asarray(features["descriptors"], np.uint8)
+        dist, ids = self.knn(desc.astype(np.float32), fetch)
+        slots = np.where(ids >= 0, self._owner[np.maximum(ids, 0)], -1)
+        xy = np.where((ids >= 0)[..., None], self._vec_xy[np.maximum(ids, 0)], 0) if len(self._vec_xy) else \
+            np.zeros(ids.shape + (2,), np.float32)
+        return Neighbours(dist, slots, xy.astype(np.float32))
+
+    @property
+    def slot_keys(self) -> List[str]:
+        """Slot -> key (a removed key's slot keeps its name; no neighbour points at it)."""
+        return list(self._slots)
+
     def search(self, features: Mapping[str, Any], exclude: Collection[str] = (),
                spatial_top: int = 50) -> Stage1Scores:
         """LNBNN scores of every indexed annotation for the query ``features`` (:mod:`.lnbnn`).
@@ -275,22 +293,10 @@ class Stage1Index:
         neighbours are skipped, and more neighbours are fetched so the K + 1 are still filled.
         """
         desc = np.asarray(features["descriptors"], np.uint8)
-        scores = {key: 0.0 for key in self._desc}
         if len(desc) == 0 or self.num_vectors == 0:
-            return Stage1Scores(scores, 0)
-        excluded = {self._slot_of[k] for k in exclude if k in self._slot_of}
-        fetch = self.k + 1 + (self.k + 1 if excluded else 0)
-        dist, ids = self.knn(desc.astype(np.float32), fetch)
-        slots = np.where(ids >= 0, self._owner[np.maximum(ids, 0)], -1)
-        votes = lnbnn_votes(dist, ids, slots, self.k, excluded)
-        totals = np.bincount(votes.slots, weights=votes.weights, minlength=len(self._slots))
-        for slot in np.flatnonzero(totals):
-            scores[self._slots[slot]] = float(totals[slot])
-        if self.spatial:
-            size = float(max(np.asarray(features["image_size"]).max(), 1))
-            spatial_check(scores, self._slot_of, votes, np.asarray(features["keypoints"], np.float32),
-                          self._vec_xy, size, spatial_top)
-        return Stage1Scores(scores, votes.voters)
+            return Stage1Scores({key: 0.0 for key in self._desc}, 0)
+        return score_neighbours(self.neighbours(features, self.fetch(exclude)), features, self._slots, self._slot_of,
+                                self._desc, self.k, exclude, self.spatial, spatial_top)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Union[str, Path]) -> Path:
@@ -416,6 +422,29 @@ class Stage1Index:
         if self._faiss is None:
             self._rebuild()
         return added, removed
+
+
+def score_neighbours(table: Neighbours, features: Mapping[str, Any], slot_keys: Sequence[str],
+                     slot_of: Mapping[str, int], keys: Iterable[str], k: int, exclude: Collection[str] = (),
+                     spatial: bool = True, spatial_top: int = 50) -> Stage1Scores:
+    """LNBNN votes over a query's neighbour ``table`` (then the spatial check): the scores of ``keys``.
+
+    The one scoring of a search, whether the table came from one index (``Stage1Index.search``) or was merged
+    from the tables of shards (``lnbnn.merge_neighbours``): slot ``s`` of the table is annotation
+    ``slot_keys[s]``, ``slot_of`` maps each key of ``keys`` to its slot.
+    """
+    scores = {key: 0.0 for key in keys}
+    excluded = {slot_of[key] for key in exclude if key in slot_of}
+    positions = np.arange(table.dist.size, dtype=np.int64).reshape(table.dist.shape)  # a vector per table cell
+    votes = lnbnn_votes(table.dist, positions, table.slots, k, excluded)
+    totals = np.bincount(votes.slots, weights=votes.weights, minlength=len(slot_keys))
+    for slot in np.flatnonzero(totals):
+        scores[slot_keys[slot]] = float(totals[slot])
+    if spatial:
+        size = float(max(np.asarray(features["image_size"]).max(), 1))
+        spatial_check(scores, dict(slot_of), votes, np.asarray(features["keypoints"], np.float32),
+                      table.xy.reshape(-1, 2), size, spatial_top)
+    return Stage1Scores(scores, votes.voters)
 
 
 class _ForeignIndex(ValueError):

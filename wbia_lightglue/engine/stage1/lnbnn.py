@@ -6,14 +6,45 @@ database descriptors are fetched; each of the first K votes ``d_norm - d`` for i
 descriptor (the strongest); its score is the sum of its votes. The spatial check (``shortlist_spatial``)
 keeps, for each of the top candidates, only the votes consistent with one RANSAC similarity transform.
 
-Pure numpy (+ OpenCV's RANSAC): the index (:mod:`.index`) supplies the neighbours.
+Pure numpy (+ OpenCV's RANSAC): the index (:mod:`.index`) supplies the neighbours (:class:`Neighbours`); the tables
+of shards of one database merge exactly (:func:`merge_neighbours`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Set
+from typing import Dict, Sequence, Set
 
 import numpy as np
+
+
+@dataclass
+class Neighbours:
+    """The nearest database descriptors of each query descriptor (rows), in distance order (columns).
+
+    ``slots[i, j]`` is the annotation slot of neighbour j of query descriptor i (-1: none), ``dist`` its L2
+    distance, ``xy`` its keypoint (x, y) in its annotation's stage-1 chip.
+    """
+
+    dist: np.ndarray  # [N x F] float32
+    slots: np.ndarray  # [N x F] int64
+    xy: np.ndarray  # [N x F x 2] float32
+
+
+def merge_neighbours(tables: Sequence[Neighbours], fetch: int) -> Neighbours:
+    """The ``fetch`` nearest of each row over the tables of shards of one database (slots already global).
+
+    Exact: the ``fetch`` nearest over the whole database are among the union of each shard's ``fetch``
+    nearest, so LNBNN over the merged table votes as over one index of the whole database (up to the order
+    of neighbours at exactly equal distances).
+    """
+    dist = np.concatenate([t.dist for t in tables], axis=1)
+    slots = np.concatenate([t.slots for t in tables], axis=1)
+    xy = np.concatenate([t.xy for t in tables], axis=1)
+    order = np.argsort(np.where(slots >= 0, dist, np.inf), axis=1, kind="stable")[:, :fetch]
+    rows = np.arange(len(dist))[:, None]
+    slots = slots[rows, order]
+    dist = np.where(slots >= 0, dist[rows, order], 0).astype(np.float32)
+    return Neighbours(dist, slots, xy[rows, order])
 
 
 @dataclass

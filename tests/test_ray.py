@@ -1,0 +1,291 @@
+"""Batch identify on a real Ray cluster (``identify QUERIES DATABASE --output DIR --ray ADDRESS``).
+
+A cluster of two nodes is started as separate processes (``ray start --head`` and ``ray start --address``, each
+in its own process group, one CPU each) and the CLI runs as a user runs it, in a subprocess. Real weights on
+real nyala photos (``../shared/data/nyala``, skipped when absent) at small settings: a database of 10 photos
+(4 individuals, left flanks), 5 queries (their other left flanks, and one database photo, which is left out
+of its own ranking), a shortlist of 4 so that stage 1 decides which pairs LightGlue sees.
+
+* the Ray run writes the same rankings as a local run of the same settings;
+* the worker node is killed (SIGKILL to its process group) once the first query is journaled: the run still
+  completes, every query ranked once, the same rankings;
+* sharded stage 1 (merged neighbours) gives exactly the scores of one index over the whole database;
+* without ``--ray`` nothing imports ray.
+
+The module skips when ray is not installed; CI (``WBIA_LIGHTGLUE_STRICT_TIERS=1``) turns that into a failure.
+"""
+import csv
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import PHOTOS, ROOT
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'wbia-lightglue[ray]')")
+
+from wbia_lightglue.data.dataset import load_dataset, load_queries  # noqa: E402
+from wbia_lightglue.data.store import FeatureStore, annotation_features  # noqa: E402
+from wbia_lightglue.distributed.ray_runner import Stage1Shard  # noqa: E402
+from wbia_lightglue.engine.config import load_config  # noqa: E402
+from wbia_lightglue.engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours  # noqa: E402
+
+pytestmark = [pytest.mark.ray]
+SMALL = ["--keypoints", "256", "--image-size", "320", "--shortlist", "4", "--device", "cpu", "-q"]
+NUM_QUERIES = 5
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def cli(*argv):
+    return [sys.executable, "-m", "wbia_lightglue", *map(str, argv)]
+
+
+def journal_lines(path: Path):
+    data = path.read_bytes() if path.exists() else b""
+    return data[:data.rfind(b"\n") + 1].splitlines()
+
+
+# ----------------------------------------------------------------------------- data and the local reference
+@pytest.fixture(scope="module")
+def nyala_set(nyala_dir, tmp_path_factory):
+    """db.csv (10 photos of 4 individuals), queries/ (5 photos: 4 new ones and one database photo)."""
+    root = tmp_path_factory.mktemp("ray")
+    left = defaultdict(list)
+    for row in csv.DictReader(open(nyala_dir / "labels.csv")):
+        if row["side"] == "left":
+            left[row["individual"]].append(row["path"])
+    names = [name for name in left if len(left[name]) >= 4][:4]
+    db = [(name, p) for name in names for p in left[name][:3 if name in names[:2] else 2]]
+    assert len(db) == 10
+    with open(root / "db.csv", "w") as handle:
+        handle.write("path,individual\n")
+        handle.writelines(f"{nyala_dir / p},{name}\n" for name, p in db)
+    (root / "queries").mkdir()
+    for name in names:
+        shutil.copyfile(nyala_dir / left[name][3], root / "queries" / f"{name}_{Path(left[name][3]).name}")
+    shutil.copyfile(nyala_dir / db[0][1], root / "queries" / "in_db.jpg")  # a database photo as a query
+    return root
+
+
+def identify(root: Path, output: Path, store: Path, *extra, timeout=900):
+    return subprocess.run(cli("identify", root / "queries", root / "db.csv", "--output", output, "--cache-dir", store,
+                              "--top", "3", "--report-queries", "1", *SMALL, *extra),
+                          env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def local_run(nyala_set):
+    proc = identify(nyala_set, nyala_set / "out-local", nyala_set / "store-local")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return nyala_set / "out-local"
+
+
+# ----------------------------------------------------------------------------- a real two-node cluster
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A head and a worker node, each a ``ray start --block`` process in its own process group."""
+
+    def __init__(self, logs: Path):
+        self.temp = Path(f"/tmp/rt-{uuid.uuid4().hex[:8]}")  # short: Ray's socket paths must stay < 107 chars
+        self.logs = logs
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.head = self._start("head", ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                                         "--include-dashboard", "false", "--disable-usage-stats",
+                                         "--temp-dir", str(self.temp)])
+        self.wait_for_nodes(1)
+        self.worker = self._start("worker", ["--address", self.address, "--node-ip-address", "127.0.0.1"])
+        self.wait_for_nodes(2)
+
+    def _start(self, name, args):
+        self.temp.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"ray-{name}.log", "w")
+        return subprocess.Popen([RAY, "start", *args, "--num-cpus", "1", "--block"], env=env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+
+    def alive_nodes(self) -> int:
+        proc = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1], "
+                               "logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))", self.address],
+                              env=env(), capture_output=True, text=True, timeout=120)
+        return int(proc.stdout.split()[-1]) if proc.returncode == 0 and proc.stdout.split() else 0
+
+    def wait_for_nodes(self, count, timeout=180):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.head.poll() is not None:
+                raise RuntimeError(f"ray head exited: see {self.logs / 'ray-head.log'}")
+            if self.alive_nodes() >= count:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"{count} ray nodes not up after {timeout} s")
+
+    def kill_worker(self):
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(timeout=60)
+
+    def stop(self):
+        for proc in (self.worker, self.head):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+        # Ray's worker processes run in process groups of their own; they exit when their raylet is gone.
+        # Any still running after a while is ours by the unique temp dir in its command line.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self._leftovers():
+            time.sleep(0.5)
+        for pid in self._leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def _leftovers(self):
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if str(self.temp).encode() in (proc / "cmdline").read_bytes():
+                        found.append(int(proc.name))
+                except OSError:
+                    pass
+        return found
+
+
+@pytest.fixture(scope="module")
+def cluster(nyala_set):
+    started = Cluster(nyala_set)
+    yield started
+    started.stop()
+
+
+# ----------------------------------------------------------------------------- the batch on the cluster
+@pytest.mark.slow
+def test_a_ray_run_writes_the_rankings_of_a_local_run(nyala_set, local_run, cluster):
+    output = nyala_set / "out-ray"
+    start = time.monotonic()
+    proc = identify(nyala_set, output, nyala_set / "store-ray", "--ray", cluster.address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (output / "rankings.csv").read_text() == (local_run / "rankings.csv").read_text()
+    assert (output / "failed.csv").read_text() == (local_run / "failed.csv").read_text()
+    mine, theirs = (json.loads((o / "rankings.json").read_text()) for o in (output, local_run))
+    assert mine["results"] == theirs["results"] and mine["ranked"] == NUM_QUERIES
+    assert "database features: 10 extracted" in proc.stdout  # on the cluster, into the driver's store
+    assert len(journal_lines(output / "journal.jsonl")) == NUM_QUERIES
+    assert "<section class=\"query" in (output / "report.html").read_text()
+    print(f"ray run: {time.monotonic() - start:.1f} s")
+
+    # a rerun keeps every query from the journal and never reaches the cluster
+    again = identify(nyala_set, output, nyala_set / "store-ray", "--ray", "127.0.0.1:1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"(0 computed, {NUM_QUERIES} kept from the journal)" in again.stdout
+    assert (output / "rankings.csv").read_text() == (local_run / "rankings.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_node_loses_and_duplicates_nothing(nyala_set, local_run, cluster):
+    output = nyala_set / "out-killed"
+    journal = output / "journal.jsonl"
+    command = cli("identify", nyala_set / "queries", nyala_set / "db.csv", "--output", output, "--cache-dir",
+                  nyala_set / "store-killed", "--top", "3", "--report-queries", "1", *SMALL, "--ray", cluster.address)
+    proc = subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 600
+        while not journal_lines(journal) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None and 1 <= len(journal_lines(journal)) < NUM_QUERIES, "not mid-job"
+        cluster.kill_worker()  # the worker node with its raylet, its shard of stage 1 and any task on it
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    keys = [json.loads(line)["key"] for line in journal_lines(journal)]
+    assert len(keys) == NUM_QUERIES == len(set(keys))  # every query journaled exactly once
+    table = (output / "rankings.csv").read_text()
+    assert table == (local_run / "rankings.csv").read_text()
+    assert len(table.splitlines()) == 1 + 3 * NUM_QUERIES  # no query twice
+
+
+# ----------------------------------------------------------------------------- the pieces, without a cluster
+@pytest.mark.slow
+def test_sharded_stage1_scores_equal_one_index(nyala_set, tmp_path):
+    """Shards' neighbours merged on the driver vote exactly as one index over the whole database."""
+    config = load_config(None, shortlist_k=4)
+    database = load_dataset(nyala_set / "db.csv")
+    stored = annotation_features(database.annotations, FeatureStore(tmp_path), config, progress=False, kind="stage1")
+    keys, feats = stored.keys, stored.features
+    whole = build_index(keys, feats, config)
+    bounds = [0, 3, 4, len(keys)]  # uneven shards, one of a single annotation
+    shards = [(Stage1Shard(config, keys[a:b], feats[a:b]), a) for a, b in zip(bounds[:-1], bounds[1:])]
+    slot_of = {key: i for i, key in enumerate(keys)}
+    queries = annotation_features(load_queries(nyala_set / "queries").annotations, FeatureStore(tmp_path), config,
+                                  progress=False, kind="stage1")
+    checked = 0
+    for key, query in zip(queries.keys, queries.features):
+        exclude = [key] if key in slot_of else []
+        fetch = whole.fetch(exclude)
+        tables = [shard.neighbours(query, fetch) for shard, _ in shards]
+        tables = [Neighbours(t.dist, t.slots + offset * (t.slots >= 0), t.xy) for t, (_, offset) in
+                  zip(tables, shards)]
+        merged = score_neighbours(merge_neighbours(tables, fetch), query, keys, slot_of, keys, whole.k, exclude)
+        expected = whole.search(query, exclude=exclude)
+        assert merged.scores == expected.scores and merged.votes == expected.votes
+        assert max(expected.scores.values()) > 0
+        checked += bool(exclude)
+    assert checked == 1  # the database photo among the queries: its own votes excluded the same way
+
+
+def test_a_config_pickles_with_its_values_and_source(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"max_num_keypoints": 300, "shortlist_k": 7}))
+    config = load_config(path)
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config and copy.source == config.source and copy.fingerprint == config.fingerprint
+
+
+def test_without_ray_nothing_imports_ray(tmp_path):
+    for name in ("sacre_coeur", "DSC_04"):
+        (tmp_path / "db" / name).mkdir(parents=True)
+        for photo in PHOTOS.glob(f"{name}*.jpg"):
+            shutil.copyfile(photo, tmp_path / "db" / name / photo.name)
+    code = """
+import sys
+from wbia_lightglue import cli, core
+assert cli.main(sys.argv[1:]) == 0
+print("ray imported" if "ray" in sys.modules else "ray not imported")
+"""
+    proc = subprocess.run([sys.executable, "-c", code, "identify", PHOTOS / "sacre_coeur1.jpg", tmp_path / "db",
+                           "--output", tmp_path / "out", "--cache-dir", tmp_path / "store", "--keypoints", "64",
+                           "--image-size", "256", "--shortlist", "0", "--device", "cpu", "-q"],
+                          env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ray not imported")
+    assert (tmp_path / "out" / "rankings.csv").is_file()
+
+
+def test_ray_is_for_the_batch_form(tmp_path):
+    proc = subprocess.run(cli("identify", PHOTOS / "sacre_coeur1.jpg", PHOTOS, "--ray", "127.0.0.1:1"), env=env(),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "--ray is for the batch form" in proc.stderr

@@ -1,0 +1,386 @@
+"""A batch identify on an existing Ray cluster (``identify QUERIES DATABASE --output DIR --ray ADDRESS``).
+
+The driver (the machine running the command) runs the same batch as a local run: ``pipeline.batch.identify_batch``
+calls ``pipeline.stages.score_query`` for each query, which plans, fuses and ranks there; its evidence comes
+from :class:`RaySource`, whose work runs on the cluster (Ray core tasks and actors only):
+
+* **features**: ``Extractor`` actors, one per node, each building the models once, extract ALIKED and (two-stage)
+  stage-1 features of chunks of photos. The driver sends the photo bytes, so workers need no access to the
+  photos; the arrays come back and the driver writes them into its content-keyed feature store, so a rerun
+  (or a local run) finds them there. The actors are released once the photos are done.
+* **stage 1**: ``Stage1Shard`` actors, each an ``engine.stage1`` index over a part of the database. LNBNN
+  normalises by the (K+1)-th neighbour over the whole database, so a shard returns each query descriptor's
+  nearest neighbours (distances, annotations, keypoints) rather than scores; the driver merges them
+  (``engine.stage1.merge_neighbours``) and votes once (``score_neighbours``): the scores of one index over the
+  whole database (with exact search, the default below ``AUTO_IVF_VECTORS`` vectors a shard).
+* **LightGlue**: one ``lightglue_pairs`` task per query scores its shortlisted pairs (exhaustive: every
+  candidate), the same call on the same list as a local run.
+
+Fault tolerance: tasks are retried (``RETRIES``), actors restarted with their calls retried (a shard's reads are
+asked again while it is unreachable during its restart); their inputs are objects the driver put (it owns them,
+so they survive a worker node). The driver journals each query as it
+finishes (``pipeline.batch.Journal``): a dead worker node loses nothing and duplicates nothing, a dead driver
+loses at most the queries in flight and a rerun keeps the rest.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..data.dataset import Annotation, Dataset, DatasetError
+from ..data.images import BBox, ImageReadError, read_image_bytes
+from ..data.store import FeatureKind, FeatureStore, StoreReport, content_key, extract_photos
+from ..engine.config import Config, Mode
+from ..engine.scoring import match_scores
+from ..engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours
+from ..pipeline.files import check_stage1_source
+
+logger = logging.getLogger("wbia_lightglue")
+
+RETRIES = 3  # a task re-run, an actor restarted (and its call retried), after its worker or node died
+EXTRACT_CHUNK = 8  # photos per extraction call (bytes in, arrays out: what one call holds in memory)
+IN_FLIGHT = 2  # extraction calls queued per extractor (the next chunk waits while one runs)
+REF_CACHE = 4096  # ALIKED features of database annotations kept in the object store (least recently used out)
+UNAVAILABLE_SECONDS = 300  # how long a driver asks again for an actor that is being restarted
+SPATIAL_TOP = 50  # as Stage1Index.search: candidates re-scored by the spatial check
+
+Photo = Tuple[bytes, str, Optional[BBox]]
+
+
+# ---------------------------------------------------------------------------------------------- on the workers
+class Extractor:
+    """A worker's extractor (an actor): the models are built by its first chunk and kept for the next ones."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def extract(self, photos: Sequence[Photo], kinds: Sequence[FeatureKind]) -> List[Dict[str, Any]]:
+        """For each photo, per kind: its features, or the message of why it cannot be used."""
+        results: List[Dict[str, Any]] = [{} for _ in photos]
+        for kind in kinds:
+            for row, out in zip(results, extract_photos(photos, self.config, kind)):
+                row[kind] = str(out) if isinstance(out, (str, ImageReadError)) else out
+        return results
+
+    def ready(self) -> bool:
+        return True
+
+
+class Stage1Shard:
+    """An actor holding the stage-1 index of a part of the database (``keys``, in the driver's order)."""
+
+    def __init__(self, config: Config, keys: Sequence[str], features: Sequence[Mapping[str, Any]]):
+        self.index = build_index(list(keys), list(features), config)
+        position = {key: i for i, key in enumerate(keys)}
+        self.position = np.asarray([position.get(key, -1) for key in self.index.slot_keys] or [-1], np.int64)
+
+    def neighbours(self, features: Mapping[str, Any], fetch: int) -> Neighbours:
+        """The query descriptors' ``fetch`` nearest here, as positions in this shard's ``keys``."""
+        table = self.index.neighbours(features, fetch)
+        slots = np.where(table.slots >= 0, self.position[np.maximum(table.slots, 0)], -1)
+        return Neighbours(table.dist, slots, table.xy)
+
+
+def lightglue_pairs(config: Config, query: Mapping[str, Any], *candidates: Mapping[str, Any]) -> List[float]:
+    """A task: raw LightGlue scores of the query against each candidate (models built once per worker)."""
+    return [float(v) for v in match_scores(query, list(candidates), config, progress=False)]
+
+
+# ---------------------------------------------------------------------------------------------- on the driver
+def _get_again_while_unavailable(submit: Callable[[], List[Any]]) -> List[Any]:
+    """``ray.get`` of the calls ``submit`` makes, made again while an actor is restarting (pure reads only).
+
+    Ray retries a call on an actor that died (``max_task_retries``), but one it could not reach while the
+    actor's node was being declared dead fails with ActorUnavailableError ("may or may not have been executed").
+    """
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + UNAVAILABLE_SECONDS
+    while True:
+        try:
+            return list(ray.get(submit()))
+        except ActorUnavailableError as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.info("a stage-1 shard is unavailable (%s); asking again", str(exc).split(":")[0])
+            time.sleep(1.0)
+
+
+def connect(address: str, *, progress: bool = True) -> None:
+    """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    logger.info("ray cluster %s: %d nodes, %s CPUs", address, len(nodes), ray.cluster_resources().get("CPU", 0))
+
+
+class RaySource:
+    """Evidence for photos of ``database`` from a Ray cluster (see the module docstring).
+
+    Has what a batch's source has (``pipeline.batch.BatchSource``): ``database``, ``store``, ``config`` and
+    ``database_report``. Nothing reaches the cluster before the first query (a batch whose every query is in
+    the journal never connects); then every photo of ``database`` and ``queries`` the store lacks is extracted.
+    """
+
+    def __init__(self, address: str, database: Dataset, queries: Optional[Dataset], store: FeatureStore,
+                 config: Config, *, progress: bool = True, shards: Optional[int] = None):
+        check_stage1_source(config)
+        self.address, self.database, self.queries, self.store, self.config = address, database, queries, store, config
+        self.progress, self.num_shards = progress, shards
+        self.database_report = StoreReport()
+        self._remote: Dict[str, Any] = {}  # ray.remote wrappers of the classes and the task above
+        self._ready = False
+        self._keys: Dict[int, Optional[str]] = {}  # id(annotation) -> content key (None: unreadable)
+        self._errors: Dict[Tuple[str, FeatureKind], str] = {}  # (key, kind) -> why it has no features
+        self._unsaved: Dict[Tuple[str, FeatureKind], Dict[str, Any]] = {}  # store not writable: held here
+        self._db: List[Annotation] = []  # database annotations with the mode's features
+        self._db_keys: List[str] = []  # their distinct keys: the stage-1 slots
+        self._slot_of: Dict[str, int] = {}
+        self._shards: List[Tuple[Any, int]] = []  # (actor, offset of its keys in _db_keys)
+        self._shard_inputs: List[Any] = []  # ObjectRefs of each shard's features (kept for restarts)
+        self._refs: "OrderedDict[str, Any]" = OrderedDict()  # key -> ObjectRef of its ALIKED features
+        self._query: Optional[Tuple[int, str, Dict[str, Any]]] = None  # id(query), key, its features by kind
+
+    # ------------------------------------------------------------------ EvidenceSource
+    def candidates(self, query: Annotation, mode: Mode) -> List[Annotation]:
+        self._prepare()
+        self._query = None
+        self._ensure([query])  # a query the batch did not announce
+        key = self._keys.get(id(query))
+        if key is None:
+            read_image_bytes(query.path)  # raises the ImageReadError a local run gives
+        assert key is not None
+        kinds = self._kinds()
+        feats: Dict[str, Any] = {kind: self._features(key, kind, raise_error=True) for kind in kinds}
+        self._query = (id(query), key, feats)
+        others = [a for a in self._db if self._keys[id(a)] != key]
+        if len(others) < len(self._db):
+            logger.info("the query photo is itself in the database; it is left out of the ranking")
+        if not others:
+            raise DatasetError(f"database {self.database.source} has no usable annotation besides the query")
+        return others
+
+    def stage1_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
+        import ray
+
+        assert self._query is not None and self._query[0] == id(query), "candidates() is called first"
+        _, key, feats = self._query
+        stage1 = feats["stage1"]
+        exclude = [key] if key in self._slot_of else []
+        keys = [self._keys[id(a)] or "" for a in candidates]
+        if len(stage1["descriptors"]) == 0 or not self._shards:
+            return [0.0] * len(candidates)
+        k = int(self.config["shortlist_knn"])
+        fetch = k + 1 + (k + 1 if exclude else 0)  # as Stage1Index.fetch over the whole database
+        ref = ray.put(stage1)
+        shards = [shard for shard, _ in self._shards]
+        tables = _get_again_while_unavailable(lambda: [shard.neighbours.remote(ref, fetch) for shard in shards])
+        tables = [Neighbours(t.dist, np.where(t.slots >= 0, t.slots + offset, -1), t.xy)
+                  for t, (_, offset) in zip(tables, self._shards)]
+        scores = score_neighbours(merge_neighbours(tables, fetch), stage1, self._db_keys, self._slot_of,
+                                  self._db_keys, k, exclude, bool(self.config["shortlist_spatial"]), SPATIAL_TOP)
+        return scores.ranked(keys).tolist()
+
+    def lightglue_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
+        import ray
+
+        assert self._query is not None and self._query[0] == id(query), "candidates() is called first"
+        query_ref = ray.put(self._query[2]["aliked"])
+        refs = [self._aliked_ref(self._keys[id(a)] or "") for a in candidates]
+        usable = [k for k, ref in enumerate(refs) if ref is not None]
+        scores = [0.0] * len(candidates)  # no ALIKED features: LightGlue scores 0
+        if usable:
+            task = self._remote["lightglue"].remote(self.config, query_ref, *[refs[k] for k in usable])
+            for k, value in zip(usable, ray.get(task)):
+                scores[k] = value
+        return scores
+
+    def close(self) -> None:
+        """Release the shard actors (the cluster itself stays up)."""
+        if self._shards:
+            import ray
+
+            for shard, _ in self._shards:
+                ray.kill(shard)
+            self._shards, self._shard_inputs = [], []
+        self._refs.clear()
+
+    # ------------------------------------------------------------------ the first query
+    def _kinds(self) -> Tuple[FeatureKind, ...]:
+        return ("stage1", "aliked") if self.config.mode == "two_stage" else ("aliked",)
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        import ray
+
+        connect(self.address, progress=self.progress)
+        self._remote = {
+            "extractor": ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(Extractor),
+            "shard": ray.remote(num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES)(Stage1Shard),
+            "lightglue": ray.remote(num_cpus=1, max_retries=RETRIES)(lightglue_pairs),
+        }
+        annotations = list(self.database.annotations) + (list(self.queries.annotations) if self.queries else [])
+        self.database_report = self._ensure(annotations, database=len(self.database.annotations))
+        kind = self._kinds()[0]
+        self._db = [a for a in self.database.annotations
+                    if self._keys.get(id(a)) is not None and (self._keys[id(a)], kind) not in self._errors]
+        if not self._db:
+            raise DatasetError(f"database {self.database.source} has no usable annotation")
+        self._db_keys = list(dict.fromkeys(self._keys[id(a)] or "" for a in self._db))
+        self._slot_of = {key: slot for slot, key in enumerate(self._db_keys)}
+        if self.config.mode == "two_stage":
+            self._start_shards()
+        self._ready = True
+
+    def _ensure(self, annotations: Sequence[Annotation], database: int = 0) -> StoreReport:
+        """Content keys of ``annotations``; what the store lacks extracted on the cluster and stored.
+
+        Returns what happened to the first ``database`` of them (the database), for the mode's first kind.
+        """
+        kinds = self._kinds()
+        report = StoreReport()
+        queued = set()
+        todo: List[Tuple[int, Photo, List[FeatureKind]]] = []
+        for pos, annot in enumerate(annotations):
+            if id(annot) in self._keys:
+                continue
+            try:
+                data = read_image_bytes(annot.path)
+            except ImageReadError as exc:
+                self._keys[id(annot)] = None
+                if pos < database:
+                    logger.warning("%s; skipped", exc)
+                    report.failed.append(str(exc))
+                continue
+            key = self._keys[id(annot)] = content_key(data, annot.bbox)
+            missing = [kind for kind in kinds if not self._stored(key, kind)]
+            if missing and key not in queued:
+                queued.add(key)
+                todo.append((pos, (data, str(annot.path), annot.bbox), missing))
+            elif pos < database:
+                report.loaded += 1
+        if todo:
+            extracted = self._extract_on_cluster(todo)
+            for pos, _, _ in todo:
+                if pos >= database:
+                    continue
+                key = self._keys[id(annotations[pos])] or ""
+                error = self._errors.get((key, kinds[0]))
+                if error is not None:
+                    logger.warning("%s; skipped", error)
+                    report.failed.append(error)
+                elif pos in extracted:
+                    report.extracted += 1
+                else:
+                    report.loaded += 1
+        if database:
+            logger.info("features: %d loaded from %s, %d extracted on the cluster, %d skipped",
+                        report.loaded, self.store.root, report.extracted, len(report.failed))
+        return report
+
+    def _extract_on_cluster(self, todo: List[Tuple[int, Photo, List[FeatureKind]]]) -> set:
+        """Extract ``todo``'s photos on one extractor per node; store what comes back. Returns the positions done."""
+        import ray
+        from tqdm.auto import tqdm
+
+        nodes = max(1, len([n for n in ray.nodes() if n["Alive"]]))
+        workers = [self._remote["extractor"].options(scheduling_strategy="SPREAD").remote(self.config)
+                   for _ in range(min(nodes, len(todo)))]
+        chunks = [todo[i:i + EXTRACT_CHUNK] for i in range(0, len(todo), EXTRACT_CHUNK)]
+        pending: Dict[Any, List[Tuple[int, Photo, List[FeatureKind]]]] = {}
+        done: set = set()
+        bar = tqdm(total=len(todo), desc="features (cluster)", unit="photo", disable=not self.progress)
+        queue = list(reversed(chunks))
+        try:
+            while queue or pending:
+                while queue and len(pending) < IN_FLIGHT * len(workers):
+                    chunk = queue.pop()
+                    worker = workers[(len(chunks) - len(queue)) % len(workers)]  # round robin
+                    kinds = sorted({kind for _, _, missing in chunk for kind in missing})
+                    pending[worker.extract.remote([photo for _, photo, _ in chunk], kinds)] = chunk
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                chunk = pending.pop(ready[0])
+                for (pos, photo, missing), row in zip(chunk, ray.get(ready[0])):
+                    key = content_key(photo[0], photo[2])
+                    for kind in missing:
+                        self._keep(key, kind, row[kind])
+                    done.add(pos)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            for worker in workers:  # their CPUs go to the LightGlue tasks
+                ray.kill(worker)
+        return done
+
+    def _start_shards(self) -> None:
+        import ray
+
+        nodes = max(1, len([n for n in ray.nodes() if n["Alive"]]))
+        count = max(1, min(self.num_shards or nodes, len(self._db_keys)))
+        bounds = np.linspace(0, len(self._db_keys), count + 1).astype(int)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            keys = self._db_keys[start:stop]
+            feats = ray.put([self._features(key, "stage1") for key in keys])
+            actor = self._remote["shard"].options(scheduling_strategy="SPREAD").remote(self.config, keys, feats)
+            self._shards.append((actor, int(start)))
+            self._shard_inputs.append(feats)  # held while the actor lives: a restart builds it from them again
+        logger.info("stage 1: %d annotations in %d shards", len(self._db_keys), len(self._shards))
+
+    # ------------------------------------------------------------------ features on the driver
+    def _stored(self, key: str, kind: FeatureKind) -> bool:
+        return (key, kind) in self._errors or (key, kind) in self._unsaved or \
+            self.store.entry_path(key, self.store.fingerprint(self.config, kind)).is_file()
+
+    def _keep(self, key: str, kind: FeatureKind, value: Union[str, Dict[str, Any]]) -> None:
+        if isinstance(value, str):
+            self._errors[(key, kind)] = value
+        elif self.store.save(key, self.store.fingerprint(self.config, kind), value) is None:
+            self._unsaved[(key, kind)] = value
+
+    def _features(self, key: str, kind: FeatureKind, raise_error: bool = False) -> Dict[str, Any]:
+        error = self._errors.get((key, kind))
+        if error is not None and raise_error:
+            raise ImageReadError(error)
+        feats = self._unsaved.get((key, kind)) or self.store.load(key, self.store.fingerprint(self.config, kind))
+        if feats is None:  # damaged since it was checked: extracted again on the cluster
+            photo = next(a for a in self._all() if self._keys.get(id(a)) == key)
+            self._extract_on_cluster([(0, (read_image_bytes(photo.path), str(photo.path), photo.bbox), [kind])])
+            return self._features(key, kind, raise_error)
+        return feats
+
+    def _all(self) -> Iterable[Annotation]:
+        yield from self.database.annotations
+        if self.queries is not None:
+            yield from self.queries.annotations
+
+    def _aliked_ref(self, key: str) -> Any:
+        """The object-store copy of a database annotation's ALIKED features (None: it has none)."""
+        import ray
+
+        if (key, "aliked") in self._errors:
+            return None
+        if key in self._refs:
+            self._refs.move_to_end(key)
+            return self._refs[key]
+        self._refs[key] = ray.put(self._features(key, "aliked"))
+        if len(self._refs) > REF_CACHE:
+            self._refs.popitem(last=False)
+        return self._refs[key]
+
+
+def ray_source(address: str, database: Union[str, Dataset], queries: Optional[Dataset], config: Config,
+               cache_dir: Union[str, None, Any] = None, *, progress: bool = True,
+               shards: Optional[int] = None) -> RaySource:
+    """A RaySource over a database folder/CSV (or a loaded Dataset), with the driver's store at ``cache_dir``."""
+    from ..data.dataset import load_dataset
+
+    dataset = database if isinstance(database, Dataset) else load_dataset(database)
+    return RaySource(address, dataset, queries, FeatureStore(cache_dir), config, progress=progress, shards=shards)
