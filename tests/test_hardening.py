@@ -168,8 +168,8 @@ def test_device_index_beyond_the_machine(monkeypatch):
 
 
 def valid_calibration(config):
-    return {"version": 1, "x": [0.0, 5.0, 20.0], "p": [0.0, 0.3, 0.9], "match_fingerprint": config.pair_score_fingerprint,
-            "score": "confidence_sum", "method": "isotonic"}
+    return {"version": 1, "x": [0.0, 5.0, 20.0], "p": [0.0, 0.3, 0.9],
+            "match_fingerprint": config.pair_score_fingerprint, "score": "confidence_sum", "method": "isotonic"}
 
 
 @pytest.mark.parametrize("name, content", [
