@@ -158,7 +158,8 @@ def test_identify_page_with_calibration_in_chromium(tmp_path, browser, capsys):
     config_path.parent.mkdir()
     config_path.write_text(json.dumps({"max_num_keypoints": 128, "image_size": 256, "device": "cpu"}))
     config = load_config(config_path)
-    save_calibration(Calibration([0.0, 40.0], [0.02, 0.98], config.match_fingerprint, config["score"]), config)
+    # the default mode (two-stage): a calibration of the fused score, log1p(LightGlue) + log1p(stage 1)
+    save_calibration(Calibration([0.0, 12.0], [0.02, 0.98], config.pair_score_fingerprint, "fused"), config)
     query = tmp_path / "query photo.png"
     cv2.imwrite(str(query), warp(textured_chip(202), angle=-6, scale=0.9))  # the HTML-named individual's coat
     page_path = tmp_path / "reports here" / "query report.html"

@@ -1,2 +1,2 @@
 """The package version: the one place it is written (setup.py reads this file, the package re-exports it)."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"
