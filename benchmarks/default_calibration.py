@@ -17,7 +17,8 @@ Two parts of the shared nyala data, disjoint by individual:
   WBIA's HotSpotter on the same queries with a paired bootstrap interval of the Rank-1 and mAP difference.
 
 Score matrices are cached as ``<output>/<part>.npz`` under the config's ranking fingerprint (a changed setting
-recomputes them); features in ``<output>/features``.
+recomputes them; a shorter ``shortlist_k`` than the cached run's is taken from it: its pairs are a subset);
+features in ``<output>/features``.
 
     python benchmarks/default_calibration.py --part fit --write-package
     python benchmarks/default_calibration.py --part report --hotspotter
@@ -40,7 +41,7 @@ from two_stage import FULLRES, NYALA, hotspotter_matrix, paired_bootstrap, read_
 from wbia_lightglue.data.dataset import Annotation, Dataset, natural_key
 from wbia_lightglue.engine.calibration import BUILTIN_DIR, Calibration
 from wbia_lightglue.engine.config import Config, resolve_config
-from wbia_lightglue.engine.fusion import shortlist_positions
+from wbia_lightglue.engine.fusion import fuse, shortlist_positions
 from wbia_lightglue.evaluation.calibration import brier_score, fit, labelled_pairs, reliability
 from wbia_lightglue.evaluation.datasets import score_dataset
 from wbia_lightglue.evaluation.protocol import EvaluationReport, evaluate_scores
@@ -81,8 +82,17 @@ def scored_part(name: str, annots: List[Annotation], config: Config, output: Pat
     paths = np.array([str(a.path) for a in annots])
     if path.is_file():
         with np.load(path) as data:
-            if str(data["fingerprint"]) == config.ranking_fingerprint and np.array_equal(data["paths"], paths):
-                return {k: data[k] for k in data.files}
+            cached = {k: data[k] for k in data.files}
+        if np.array_equal(cached["paths"], paths):
+            if str(cached["fingerprint"]) == config.ranking_fingerprint:
+                return cached
+            # scored with a longer shortlist and otherwise the same settings: its top k are inside it
+            longer = next((k for k in range(int(config["shortlist_k"]) + 1, 101) if
+                           str(cached["fingerprint"]) == config.replace(shortlist_k=k).ranking_fingerprint), None)
+            if longer is not None:
+                logger.info("%s: shortlist %d taken from the cached shortlist-%d run", name, config["shortlist_k"],
+                            longer)
+                return shorter_shortlist(cached, config)
     scored = score_dataset(Dataset(output / f"{name}.csv", annots), config, group_by="side",
                            cache_dir=output / "features", progress=True)
     if len(scored.dataset) != len(annots):
@@ -92,6 +102,22 @@ def scored_part(name: str, annots: List[Annotation], config: Config, output: Pat
     output.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
     return out
+
+
+def shorter_shortlist(m: Dict[str, np.ndarray], config: Config) -> Dict[str, np.ndarray]:
+    """The matrices of a run with ``config``'s shortlist_k from those of a run with a longer one: each query's
+    top k of stage 1 were matched there too (same pairs, same LightGlue scores), then fused as the pipeline does."""
+    s1_all, lg_all = m["stage1"], m["lightglue"]
+    scores, lightglue = np.full_like(s1_all, np.nan), np.full_like(s1_all, np.nan)
+    for q in range(len(s1_all)):
+        cols = np.where(~np.isnan(s1_all[q]))[0]
+        top = shortlist_positions(s1_all[q, cols], int(config["shortlist_k"]))
+        inside = np.zeros(len(cols), bool)
+        inside[top] = True
+        lg = np.where(inside, np.nan_to_num(lg_all[q, cols], nan=0.0), 0.0)
+        scores[q, cols] = fuse(lg, s1_all[q, cols], inside, config)
+        lightglue[q, cols[top]] = lg[top]
+    return {**m, "scores": scores, "lightglue": lightglue, "fingerprint": np.array(config.ranking_fingerprint)}
 
 
 def report_of(scores: np.ndarray, annots: Sequence[Annotation]) -> EvaluationReport:
@@ -141,7 +167,7 @@ def run_fit(args: argparse.Namespace, config: Config) -> dict:
            "same_pairs": int(same.sum()), "brier_fit": round(brier_score(p, same), 5),
            "brier_base_rate": round(brier_score(np.full(len(same), same.mean()), same), 5),
            "logistic": calibration.logistic, "fit_part_accuracy": summary(report_of(m["scores"], annots)),
-           "fusion_grid": fusion_grid(m, annots)}
+           "fusion_grid": fusion_grid(m, annots, ks=[k for k in (5, 10, 15, 20) if k <= config["shortlist_k"]])}
     if args.write_package:
         path = BUILTIN_DIR / "two_stage.calibration.json"
         calibration.meta["fit_part"] = {k: v for k, v in out.items() if k != "fusion_grid"}

@@ -408,7 +408,7 @@ def test_evaluate_two_stage_fuses_and_hotspotter_source_is_refused(data, capsys)
 
 
 def test_evaluate_with_no_options_is_two_stage_and_calibrated(tmp_path, capsys):
-    """The built-in defaults (2048 keypoints, shortlist 20): fused scores and the shipped calibration's P."""
+    """The built-in defaults (2048 keypoints, shortlist 15): fused scores and the shipped calibration's P."""
     photos = Path(__file__).parent / "data" / "photos"
     for scene, names in (("dsc", ("DSC_0410.JPG", "DSC_0411.JPG")), ("sacre_coeur", ("sacre_coeur1.jpg",
                                                                                      "sacre_coeur2.jpg"))):
@@ -419,7 +419,7 @@ def test_evaluate_with_no_options_is_two_stage_and_calibrated(tmp_path, capsys):
                              tmp_path / "store", "-q", "--report-queries", "1")
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["meta"]["mode"] == "two_stage" and report["meta"]["config"]["shortlist_k"] == 20
+    assert report["meta"]["mode"] == "two_stage" and report["meta"]["config"]["shortlist_k"] == 15
     check = report["meta"]["calibration"]
     assert check is not None and check["method"] == "logistic" and "nyala" in check["fitted_on"]
     assert 0 <= check["brier"] <= 1 and check["pairs"] == 12  # every directed pair of the two scenes
