@@ -23,9 +23,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cli_runner import one_error_line, run_cli
 from images import textured_chip, warp
 
-from wbia_lightglue import cli, core
+from wbia_lightglue import core
 from wbia_lightglue.core import ConfigError, load_config
 from wbia_lightglue.data import dataset as dataset_module
 from wbia_lightglue.data import images, store
@@ -52,18 +53,6 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), image)
     return path
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wbia-lightglue: error: "), err
-    return lines[0]
 
 
 def fifo(path: Path) -> Path:

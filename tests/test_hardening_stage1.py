@@ -20,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cli_runner import one_error_line, run_cli
 from images import textured_chip, warp
 
-from wbia_lightglue import cli
 from wbia_lightglue.core import load_config
 from wbia_lightglue.data import store
 from wbia_lightglue.data.dataset import Dataset, natural_key
@@ -40,18 +40,6 @@ NYALA = ROOT.parent / "shared" / "data" / "nyala"
 TINY = ["--keypoints", "128", "--image-size", "256", "--device", "cpu", "-q"]
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
              "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wbia-lightglue: error: "), err
-    return lines[0]
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
