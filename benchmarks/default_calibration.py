@@ -41,8 +41,8 @@ from two_stage import FULLRES, NYALA, hotspotter_matrix, paired_bootstrap, read_
 from wbia_lightglue.data.dataset import Annotation, Dataset, natural_key
 from wbia_lightglue.engine.calibration import BUILTIN_DIR, Calibration
 from wbia_lightglue.engine.config import Config, resolve_config
-from wbia_lightglue.engine.fusion import fuse, shortlist_positions
-from wbia_lightglue.evaluation.calibration import brier_score, fit, labelled_pairs, reliability
+from wbia_lightglue.engine.fusion import fuse, fused_config, shortlist_positions
+from wbia_lightglue.evaluation.calibration import fit, labelled_pairs, quality
 from wbia_lightglue.evaluation.datasets import score_dataset
 from wbia_lightglue.evaluation.protocol import EvaluationReport, evaluate_scores
 
@@ -130,25 +130,14 @@ def summary(report: EvaluationReport) -> Dict[str, float]:
             "mAP": round(report.mean_average_precision, 3), "queries": report.num_queries}
 
 
-def fusion_grid(m: Dict[str, np.ndarray], annots: Sequence[Annotation], ks: Sequence[int] = (5, 10, 15, 20),
+def fusion_grid(m: Dict[str, np.ndarray], annots: Sequence[Annotation], config: Config, ks: Sequence[int],
                 weights: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)) -> List[dict]:
-    """Rank-1/5/mAP of ``log1p(lightglue) + w * log1p(stage 1)`` over the top k <= shortlist_k, from the
-    matrices already scored (the top k of stage 1 are inside the scored top 20: no new LightGlue pair)."""
-    s1_all, lg_all = m["stage1"], m["lightglue"]
-    n = len(annots)
-    rows = []
-    for k in ks:
-        for w in weights:
-            fused = np.full((n, n), np.nan)
-            for q in range(n):
-                cols = np.where(~np.isnan(s1_all[q]))[0]
-                s1 = np.maximum(s1_all[q, cols], 0.0)
-                top = shortlist_positions(s1, k)
-                lg = np.zeros(len(cols))
-                lg[top] = np.nan_to_num(lg_all[q, cols[top]], nan=0.0)
-                fused[q, cols] = np.log1p(lg) + w * np.log1p(s1)
-            rows.append({"k": k, "w_stage1": w, **summary(report_of(fused, annots))})
-    return rows
+    """Rank-1/5/mAP of ``log1p(lightglue) + w * log1p(stage 1)`` over the top k <= the scored shortlist, from the
+    matrices already scored (``shorter_shortlist``: no new LightGlue pair). The logistic fusion with bias 0 and
+    weights (1, w) ranks as that sum does."""
+    return [{"k": k, "w_stage1": w, **summary(report_of(
+        shorter_shortlist(m, fused_config(config.replace(shortlist_k=k), (0.0, 1.0, w)))["scores"], annots))}
+        for k in ks for w in weights]
 
 
 def run_fit(args: argparse.Namespace, config: Config) -> dict:
@@ -162,12 +151,10 @@ def run_fit(args: argparse.Namespace, config: Config) -> dict:
         "(first 2 by sighting of each flank with >= 2), every directed within-flank pair"),
         settings="the built-in defaults", date=today, command="python benchmarks/default_calibration.py --part fit "
         f"--individuals {args.individuals} --write-package", machine=machine())
-    p = calibration.probability(scores)
-    out = {"photos": len(annots), "individuals": len(set(labels)), "pairs": int(len(scores)),
-           "same_pairs": int(same.sum()), "brier_fit": round(brier_score(p, same), 5),
-           "brier_base_rate": round(brier_score(np.full(len(same), same.mean()), same), 5),
+    fitted = {k: v for k, v in quality(calibration, scores, same).items() if k != "reliability"}
+    out = {"photos": len(annots), "individuals": len(set(labels)), **fitted,
            "logistic": calibration.logistic, "fit_part_accuracy": summary(report_of(m["scores"], annots)),
-           "fusion_grid": fusion_grid(m, annots, ks=[k for k in (5, 10, 15, 20) if k <= config["shortlist_k"]])}
+           "fusion_grid": fusion_grid(m, annots, config, [k for k in (5, 10, 15, 20) if k <= config["shortlist_k"]])}
     if args.write_package:
         path = BUILTIN_DIR / "two_stage.calibration.json"
         calibration.meta["fit_part"] = {k: v for k, v in out.items() if k != "fusion_grid"}
@@ -184,16 +171,10 @@ def run_report(args: argparse.Namespace, config: Config) -> dict:
     from wbia_lightglue.pipeline import calibration_for
 
     calibration: Optional[Calibration] = calibration_for(config)
+    out["calibration"] = None
     if calibration is not None:
-        labels = [a.individual for a in part_b]
-        scores, same = labelled_pairs(m["scores"], labels, directed=True)
-        p = calibration.probability(scores)
-        out["calibration"] = {"pairs": int(len(scores)), "same_pairs": int(same.sum()),
-                              "brier": round(brier_score(p, same), 5),
-                              "brier_base_rate": round(brier_score(np.full(len(same), same.mean()), same), 5),
-                              "reliability": reliability(p, same)}
-    else:
-        out["calibration"] = None
+        scores, same = labelled_pairs(m["scores"], [a.individual for a in part_b], directed=True)
+        out["calibration"] = quality(calibration, scores, same)
     if args.hotspotter:
         hs = report_of(hotspotter_matrix(args.output, part_b, "B"), part_b)
         out["hotspotter"] = summary(hs)

@@ -12,14 +12,12 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-import numpy as np
-
 from ..data.dataset import Dataset, limit_individuals, load_dataset
 from ..data.store import FeatureStore
 from ..engine.calibration import Calibration
 from ..engine.config import Config, ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..evaluation.calibration import brier_score, labelled_pairs
+from ..evaluation.calibration import labelled_pairs, quality
 from ..evaluation.datasets import DatasetScores, evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
 from ..pipeline import calibration_for
@@ -117,11 +115,6 @@ def calibration_check(scored: DatasetScores, calibration: Optional[Calibration],
         return None
     labels = [a.individual for a in scored.dataset.annotations]
     scores, same = labelled_pairs(scored.scores, labels, directed=config.mode == "two_stage")
-    out: Dict[str, Any] = {"method": calibration.method, "score": calibration.score,
-                           "fitted_on": calibration.meta.get("fitted_on", calibration.meta.get("dataset")),
-                           "date": calibration.meta.get("date"), "pairs": int(len(same))}
-    if len(same) and same.any() and not same.all():
-        p = calibration.probability(scores)
-        out.update(brier=round(brier_score(p, same), 5),
-                   brier_base_rate=round(brier_score(np.full(len(same), same.mean()), same), 5))
-    return out
+    return {"method": calibration.method, "score": calibration.score,
+            "fitted_on": calibration.meta.get("fitted_on", calibration.meta.get("dataset")),
+            "date": calibration.meta.get("date"), **quality(calibration, scores, same)}

@@ -150,6 +150,19 @@ def reliability(probabilities: Sequence[float], same: Sequence[bool], bins: int 
     return out
 
 
+def quality(calibration: Calibration, scores: Sequence[float], same: Sequence[bool]) -> Dict[str, Any]:
+    """How well ``calibration`` predicts labelled pairs: Brier score (and the base rate's), reliability, ECE."""
+    same = np.asarray(same, bool)
+    out: Dict[str, Any] = {"pairs": int(len(same)), "same_pairs": int(same.sum())}
+    if len(same) and same.any() and not same.all():
+        p = calibration.probability(scores)
+        table = reliability(p, same)
+        out.update(brier=round(brier_score(p, same), 5),
+                   brier_base_rate=round(brier_score(np.full(len(same), same.mean()), same), 5),
+                   ece=round(table["ece"][0], 5), reliability=table)
+    return out
+
+
 # ============================================================================ held-out check
 def default_method(config: Config) -> str:
     """Isotonic for raw LightGlue scores; logistic (strictly increasing: no ties made) for fused scores."""
