@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Union
 from ..data.dataset import Dataset, load_dataset
 from ..engine.calibration import Calibration, calibration_path, save_calibration
 from ..engine.config import ConfigLike, resolve_config
-from ..evaluation.calibration import METHODS, default_method, fit, held_out_check, labelled_pairs
+from ..evaluation.calibration import METHODS, default_method, directed_pairs, fit, held_out_check, labelled_pairs
 from ..evaluation.datasets import score_dataset
 from .common import config_from_args, require_writable
 
@@ -67,7 +67,7 @@ def main(dataset: Union[str, Path, Dataset], config: ConfigLike = None, output: 
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
     labels = [a.individual for a in scored.dataset.annotations]
-    directed = config.mode == "two_stage"  # a fused score depends on which photo is the query
+    directed = directed_pairs(config)
     method = method or default_method(config)
     scores, same = labelled_pairs(scored.scores, labels, directed=directed)
     calibration = fit(scores, same, config, method, dataset=str(data.source), group_by=group_by)

@@ -17,7 +17,7 @@ from ..data.store import FeatureStore
 from ..engine.calibration import Calibration
 from ..engine.config import Config, ConfigLike, resolve_config
 from ..evaluation import html_report
-from ..evaluation.calibration import labelled_pairs, quality
+from ..evaluation.calibration import directed_pairs, labelled_pairs, quality
 from ..evaluation.datasets import DatasetScores, evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
 from ..pipeline import calibration_for
@@ -114,7 +114,7 @@ def calibration_check(scored: DatasetScores, calibration: Optional[Calibration],
     if calibration is None:
         return None
     labels = [a.individual for a in scored.dataset.annotations]
-    scores, same = labelled_pairs(scored.scores, labels, directed=config.mode == "two_stage")
+    scores, same = labelled_pairs(scored.scores, labels, directed=directed_pairs(config))
     return {"method": calibration.method, "score": calibration.score,
             "fitted_on": calibration.meta.get("fitted_on", calibration.meta.get("dataset")),
             "date": calibration.meta.get("date"), **quality(calibration, scores, same)}

@@ -164,6 +164,12 @@ def quality(calibration: Calibration, scores: Sequence[float], same: Sequence[bo
 
 
 # ============================================================================ held-out check
+def directed_pairs(config: Config) -> bool:
+    """Whether ``config``'s ranking scores count every directed (query, candidate) pair: a fused score depends
+    on which photo is the query (its stage-1 shortlist); a raw LightGlue score is symmetric (each pair once)."""
+    return config.mode == "two_stage"
+
+
 def default_method(config: Config) -> str:
     """Isotonic for raw LightGlue scores; logistic (strictly increasing: no ties made) for fused scores."""
     return "isotonic" if config.mode == "exhaustive" else "logistic"

@@ -130,7 +130,7 @@ def lightglue_calibrate(ibs, aid_list: Sequence[int], config_path: ConfigPath = 
     config = as_config(config_path)
     aids = list(aid_list)
     nids = ibs.get_annot_nids(aids)
-    directed = config.mode == "two_stage"
+    directed = calibration.directed_pairs(config)
     scores, same = calibration.labelled_pairs(
         score_matrix(len(aids), AnnotationSetSource(ibs, aids, config), config).scores, nids, directed=directed)
     fitted = calibration.fit(scores, same, config, calibration.default_method(config), annotations=len(aids))
