@@ -37,7 +37,7 @@ from ..data.store import FeatureKind, FeatureStore, StoreReport, content_key, ex
 from ..engine.config import Config, Mode
 from ..engine.scoring import match_scores
 from ..engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours
-from ..pipeline.files import check_stage1_source
+from ..pipeline.files import besides_the_query, check_stage1_source
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -160,12 +160,7 @@ class RaySource:
         kinds = self._kinds()
         feats: Dict[str, Any] = {kind: self._features(key, kind, raise_error=True) for kind in kinds}
         self._query = (id(query), key, feats)
-        others = [a for a in self._db if self._keys[id(a)] != key]
-        if len(others) < len(self._db):
-            logger.info("the query photo is itself in the database; it is left out of the ranking")
-        if not others:
-            raise DatasetError(f"database {self.database.source} has no usable annotation besides the query")
-        return others
+        return besides_the_query(key, self._db, [self._keys[id(a)] for a in self._db], self.database)
 
     def stage1_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
         import ray

@@ -28,6 +28,18 @@ def check_stage1_source(config: Config) -> None:
                           "is WBIA's and only available inside WBIA; use 'index' here")
 
 
+def besides_the_query(query_key: str, annotations: Sequence[Annotation], keys: Sequence[Optional[str]],
+                      database: Dataset) -> List[Annotation]:
+    """The database annotations a query is ranked against: all but the query photo itself (same store key),
+    with a log line when it was there; DatasetError when nothing is left."""
+    others = [a for a, key in zip(annotations, keys) if key != query_key]
+    if len(others) < len(annotations):
+        logger.info("the query photo is itself in the database; it is left out of the ranking")
+    if not others:
+        raise DatasetError(f"database {database.source} has no usable annotation besides the query")
+    return others
+
+
 class StoreSource:
     """Evidence for photos of ``database`` (see the module docstring); one instance serves many queries.
 
@@ -73,14 +85,10 @@ class StoreSource:
             self._aliked[q.keys[0]] = q.features[0]
         else:
             self._query_stage1[id(query)] = (q.features[0], q.keys[0])
-        others = [i for i, key in enumerate(self._db.keys) if key != q.keys[0]]
-        if len(others) < len(self._db.annotations):
-            logger.info("the query photo is itself in the database; it is left out of the ranking")
-        if not others:
-            raise DatasetError(f"database {self.database.source} has no usable annotation besides the query")
+        others = besides_the_query(q.keys[0], self._db.annotations, self._db.keys, self.database)
         self._key[id(query)] = q.keys[0]
         self._last_query = (id(query), q.keys[0], len(others) < len(self._db.annotations))
-        return [self._db.annotations[i] for i in others]
+        return others
 
     def close(self) -> None:
         """Nothing to release: everything lives in this process (``pipeline.batch.BatchSource``)."""
