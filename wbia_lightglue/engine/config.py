@@ -32,7 +32,7 @@ CPU_PRECISIONS = ("fp32", "bf16")
 SHORTLIST_SOURCES = ("index", "hotspotter")
 # auto: hesaff when pyhesaff imports, else sift (one warning); the fingerprints see the detector it resolves to
 SHORTLIST_DETECTORS = ("auto", "hesaff", "sift")
-SHORTLIST_INDEXES = ("auto", "flat", "ivf", "ivfpq")
+SHORTLIST_INDEXES = ("auto", "flat", "ivf", "ivfpq", "aggregated")
 FUSIONS = ("sum_log1p", "logistic", "lightglue")
 
 # Bumped whenever extraction code changes its output for the same config (invalidates stored features).

@@ -15,19 +15,24 @@ their own modules.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ...files import STALE_TEMP_SECONDS, atomic_write, remove_stale_temp_files
 from ..config import Config, ConfigError, ConfigLike, resolve_config
+from .aggregated import AggregatedIndex
 from .features import DIM
 from .lnbnn import Neighbours, lnbnn_votes, spatial_check
 
 logger = logging.getLogger("wbia_lightglue")
 
+# auto: beyond this many annotations the per-descriptor index (IVF 8-bit + the raw descriptors, ~4 GB in memory at
+# 10^4 x 1,500 descriptors) gives way to the aggregated one (VLAD candidates + LNBNN over them, :mod:`.aggregated`)
+AUTO_AGGREGATED_ANNOTATIONS = 10_000
 AUTO_IVF_VECTORS = 100_000  # exact flat search below: a 1,000-descriptor query costs ~0.3 s of one core there
 MAX_LISTS = 4096  # IVF lists: 4 sqrt(vectors), at most this (k-means training time grows with lists x sample)
 TRAIN_PER_LIST = 64  # training vectors per list (FAISS wants at least 39)
@@ -105,7 +110,8 @@ class Stage1Index:
         return sum(d.nbytes for d in self._desc.values()) + sum(x.nbytes for x in self._xy.values())
 
     def _wanted_kind(self, vectors: int) -> str:
-        if self.kind_setting != "auto":
+        # "aggregated" is AggregatedIndex's; a per-descriptor index built under it (a Ray shard) picks as auto
+        if self.kind_setting not in ("auto", "aggregated"):
             return self.kind_setting
         return "flat" if vectors < AUTO_IVF_VECTORS else "ivf"
 
@@ -481,9 +487,51 @@ def _array_problem(arrays: Mapping[str, np.ndarray]) -> Optional[str]:
     return None
 
 
+AnyIndex = Union[Stage1Index, AggregatedIndex]
+
+
+def wanted_class(config: Config, annotations: int) -> type:
+    """The index class for ``annotations`` under ``shortlist_index``: ``aggregated`` (or ``auto`` beyond
+    ``AUTO_AGGREGATED_ANNOTATIONS``) -> :class:`AggregatedIndex`, else :class:`Stage1Index`."""
+    setting = config["shortlist_index"]
+    if setting == "aggregated" or (setting == "auto" and annotations > AUTO_AGGREGATED_ANNOTATIONS):
+        return AggregatedIndex
+    return Stage1Index
+
+
+def load_index(path: Union[str, Path], config: ConfigLike = None, *, device: Any = None) -> AnyIndex:
+    """A saved stage-1 index of either class (its ``kind`` says which); ValueError as their ``load``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            kind = str(data["kind"])
+    except Exception as exc:  # noqa: BLE001 - unreadable: the caller rebuilds it
+        raise ValueError(f"stage-1 index {path} is unreadable ({type(exc).__name__}: {str(exc)[:100]})") from exc
+    if kind == AggregatedIndex.kind:
+        return AggregatedIndex.load(path, config, device=device)
+    return Stage1Index.load(path, config, device=device)
+
+
+@contextmanager
+def _writer_lock(path: Optional[Path]) -> Iterator[None]:
+    """One process at a time loads, syncs and saves the index at ``path`` (an aggregated index appends to its
+    vectors file in place: two writers would interleave)."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
                  features_of: Callable[[List[str]], Sequence[Mapping[str, Any]]], *,
-                 index: Optional[Stage1Index] = None, device: Any = None) -> Tuple[Stage1Index, int, int]:
+                 index: Optional[AnyIndex] = None, device: Any = None) -> Tuple[AnyIndex, int, int]:
     """The index saved at ``path``, brought in step with ``keys``, and saved again when it changed.
 
     Load -> sync -> save, the one implementation (the standalone store and WBIA's database both use it):
@@ -498,20 +546,26 @@ def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
         if removed_temp:
             logger.info("stage-1 index folder %s: removed %d temporary file(s) of a killed save", path.parent,
                         removed_temp)
-    if index is None and path is not None and path.is_file():
-        try:
-            index = Stage1Index.load(path, config, device=device)
-        except ValueError as exc:
-            logger.warning("%s; rebuilding it", exc)
-    if index is None:
-        index = Stage1Index(config, device=device)
-    added, removed = index.sync(list(keys), features_of)
-    if path is not None and (added or removed or not path.is_file()):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            index.save(path)
-        except OSError as exc:
-            logger.warning("stage-1 index %s could not be saved (%s); it is rebuilt next time", path, exc)
+    with _writer_lock(path):
+        if index is None and path is not None and path.is_file():
+            try:
+                index = load_index(path, config, device=device)
+            except ValueError as exc:
+                logger.warning("%s; rebuilding it", exc)
+        wanted = wanted_class(config, len(set(keys)))
+        if index is not None and not isinstance(index, wanted):
+            logger.info("stage-1 index: %d annotations, rebuilding it as %s", len(set(keys)), wanted.__name__)
+            index = None
+        if index is None:
+            index = wanted(config, device=device)
+        added, removed = index.sync(list(keys), features_of)
+        if path is not None and (added or removed or not path.is_file()) and not (
+                isinstance(index, AggregatedIndex) and index.empty):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                index.save(path)
+            except OSError as exc:
+                logger.warning("stage-1 index %s could not be saved (%s); it is rebuilt next time", path, exc)
     return index, added, removed
 
 
@@ -524,8 +578,19 @@ def stage1_device(config: Config, device: Any = None) -> Optional[str]:
 
 
 def build_index(keys: Sequence[str], features: Sequence[Mapping[str, Any]], config: ConfigLike = None, *,
-                device: Any = None) -> Stage1Index:
-    """A new index of ``keys`` (a convenience for one-shot use)."""
+                device: Any = None) -> AnyIndex:
+    """A new index of ``keys`` (a convenience for one-shot use), of the class ``shortlist_index`` wants."""
+    config = resolve_config(config)
+    if wanted_class(config, len(keys)) is AggregatedIndex:
+        aggregated = AggregatedIndex(config, device=device)
+        aggregated.add(list(keys), list(features))
+        return aggregated
+    return build_descriptor_index(keys, features, config, device=device)
+
+
+def build_descriptor_index(keys: Sequence[str], features: Sequence[Mapping[str, Any]], config: ConfigLike = None, *,
+                           device: Any = None) -> Stage1Index:
+    """A new per-descriptor index of ``keys`` whatever the size (a shard of a database sharded across actors)."""
     index = Stage1Index(config, device=device)
     index.add(list(keys), list(features))
     if index._faiss is None:
