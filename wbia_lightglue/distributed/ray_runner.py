@@ -25,6 +25,8 @@ loses at most the queries in flight and a rerun keeps the rest.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -38,6 +40,7 @@ from ..engine.config import Config, Mode
 from ..engine.scoring import match_scores
 from ..engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours
 from ..pipeline.files import besides_the_query, check_stage1_source
+from .local_cluster import LOOPBACK, LOOPBACK_ENV, is_loopback_address
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -112,11 +115,23 @@ def _get_again_while_unavailable(submit: Callable[[], List[Any]]) -> List[Any]:
 
 
 def connect(address: str, *, progress: bool = True) -> None:
-    """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver."""
+    """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver.
+
+    A loopback address (``127.0.0.1:PORT``) means a cluster on this machine's loopback
+    (``local_cluster``): the driver binds to ``127.0.0.1`` as well, which needs :data:`local_cluster.LOOPBACK_ENV`
+    set before ray is imported (else Ray rewrites the address into the machine's routable one).
+    """
+    loopback = is_loopback_address(address)
+    if loopback:
+        if "ray" in sys.modules and any(os.environ.get(k) != v for k, v in LOOPBACK_ENV.items()):
+            raise RuntimeError(f"a loopback Ray address ({address}) needs {LOOPBACK_ENV} set before ray is "
+                               "imported, and ray is already imported: set it in the environment")
+        os.environ.update(LOOPBACK_ENV)
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING,
+                 _node_ip_address=LOOPBACK if loopback else None)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     logger.info("ray cluster %s: %d nodes, %s CPUs", address, len(nodes), ray.cluster_resources().get("CPU", 0))
 
@@ -214,9 +229,9 @@ class RaySource:
     def _prepare(self) -> None:
         if self._ready:
             return
+        connect(self.address, progress=self.progress)  # first: it sets what ray reads when imported
         import ray
 
-        connect(self.address, progress=self.progress)
         self._remote = {
             "extractor": ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(Extractor),
             "shard": ray.remote(num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES)(Stage1Shard),
