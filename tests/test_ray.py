@@ -2,10 +2,10 @@
 
 A cluster of two nodes is started as separate processes on the loopback address (``distributed.local_cluster``:
 ``ray start --head --node-ip-address 127.0.0.1`` and a worker node bound to 127.0.0.1, each in its own process
-group, one CPU each) and the CLI runs as a user runs it, in a subprocess (its driver binds to 127.0.0.1 too). Real weights on
-real nyala photos (``../shared/data/nyala``, skipped when absent) at small settings: a database of 10 photos
-(4 individuals, left flanks), 5 queries (their other left flanks, and one database photo, which is left out
-of its own ranking), a shortlist of 4 so that stage 1 decides which pairs LightGlue sees.
+group, one CPU each) and the CLI runs as a user runs it, in a subprocess (its driver binds to 127.0.0.1 too).
+Real weights on real nyala photos (``../shared/data/nyala``, skipped when absent) at small settings: a database
+of 10 photos (4 individuals, left flanks), 5 queries (their other left flanks, and one database photo, which is
+left out of its own ranking), a shortlist of 4 so that stage 1 decides which pairs LightGlue sees.
 
 * the Ray run writes the same rankings as a local run of the same settings;
 * while it runs, every socket of the cluster's processes and of the driver is on the loopback address;

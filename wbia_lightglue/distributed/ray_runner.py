@@ -38,7 +38,7 @@ from ..data.images import BBox, ImageReadError, read_image_bytes
 from ..data.store import FeatureKind, FeatureStore, StoreReport, content_key, extract_photos
 from ..engine.config import Config, Mode
 from ..engine.scoring import match_scores
-from ..engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours
+from ..engine.stage1 import Neighbours, Stage1Scores, build_index, merge_neighbours, score_neighbours
 from ..pipeline.files import besides_the_query, check_stage1_source
 from .local_cluster import LOOPBACK, LOOPBACK_ENV, is_loopback_address
 
@@ -136,6 +136,53 @@ def connect(address: str, *, progress: bool = True) -> None:
     logger.info("ray cluster %s: %d nodes, %s CPUs", address, len(nodes), ray.cluster_resources().get("CPU", 0))
 
 
+class ShardedIndex:
+    """A stage-1 index of ``keys`` over ``count`` :class:`Stage1Shard` actors spread over the nodes.
+
+    ``search`` gives the scores ``Stage1Index.search`` of one index over all of ``keys`` gives: each shard returns
+    its nearest neighbours, the driver merges them and votes once (exact search; see the module docstring).
+    The actors hold their part of ``features``; the driver holds the objects they were built from, so a shard
+    restarted after its node died builds the same index again.
+    """
+
+    def __init__(self, shard: Any, config: Config, keys: Sequence[str], features: Sequence[Mapping[str, Any]],
+                 count: int):
+        import ray
+
+        self.config, self.keys = config, list(keys)
+        self.slot_of = {key: slot for slot, key in enumerate(self.keys)}
+        self.k = int(config["shortlist_knn"])
+        self.shards: List[Tuple[Any, int]] = []  # (actor, offset of its keys in keys)
+        self._inputs: List[Any] = []  # ObjectRefs of each shard's features (kept for restarts)
+        bounds = np.linspace(0, len(self.keys), max(1, min(count, len(self.keys))) + 1).astype(int)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            feats = ray.put(list(features[start:stop]))
+            actor = shard.options(scheduling_strategy="SPREAD").remote(config, self.keys[start:stop], feats)
+            self.shards.append((actor, int(start)))
+            self._inputs.append(feats)
+
+    def search(self, features: Mapping[str, Any], exclude: Sequence[str] = ()) -> Stage1Scores:
+        import ray
+
+        if len(features["descriptors"]) == 0 or not self.shards:
+            return Stage1Scores({key: 0.0 for key in self.keys}, 0)
+        fetch = self.k + 1 + (self.k + 1 if any(key in self.slot_of for key in exclude) else 0)  # as Stage1Index
+        ref = ray.put(features)
+        shards = [shard for shard, _ in self.shards]
+        tables = _get_again_while_unavailable(lambda: [shard.neighbours.remote(ref, fetch) for shard in shards])
+        tables = [Neighbours(t.dist, np.where(t.slots >= 0, t.slots + offset, -1), t.xy)
+                  for t, (_, offset) in zip(tables, self.shards)]
+        return score_neighbours(merge_neighbours(tables, fetch), features, self.keys, self.slot_of, self.keys, self.k,
+                                list(exclude), bool(self.config["shortlist_spatial"]), SPATIAL_TOP)
+
+    def close(self) -> None:
+        import ray
+
+        for shard, _ in self.shards:
+            ray.kill(shard)
+        self.shards, self._inputs = [], []
+
+
 class RaySource:
     """Evidence for photos of ``database`` from a Ray cluster (see the module docstring).
 
@@ -158,8 +205,9 @@ class RaySource:
         self._db: List[Annotation] = []  # database annotations with the mode's features
         self._db_keys: List[str] = []  # their distinct keys: the stage-1 slots
         self._slot_of: Dict[str, int] = {}
-        self._shards: List[Tuple[Any, int]] = []  # (actor, offset of its keys in _db_keys)
-        self._shard_inputs: List[Any] = []  # ObjectRefs of each shard's features (kept for restarts)
+        self._index: Optional[ShardedIndex] = None  # stage 1 over the database (two-stage mode)
+        self._indexes: List[ShardedIndex] = []  # every sharded index started (released by close)
+        self._matched: Dict[int, Any] = {}  # matcher(): position -> ObjectRef of its ALIKED features
         self._refs: "OrderedDict[str, Any]" = OrderedDict()  # key -> ObjectRef of its ALIKED features
         self._query: Optional[Tuple[int, str, Dict[str, Any]]] = None  # id(query), key, its features by kind
 
@@ -178,25 +226,12 @@ class RaySource:
         return besides_the_query(key, self._db, [self._keys[id(a)] for a in self._db], self.database)
 
     def stage1_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
-        import ray
-
         assert self._query is not None and self._query[0] == id(query), "candidates() is called first"
         _, key, feats = self._query
-        stage1 = feats["stage1"]
-        exclude = [key] if key in self._slot_of else []
         keys = [self._keys[id(a)] or "" for a in candidates]
-        if len(stage1["descriptors"]) == 0 or not self._shards:
+        if self._index is None:
             return [0.0] * len(candidates)
-        k = int(self.config["shortlist_knn"])
-        fetch = k + 1 + (k + 1 if exclude else 0)  # as Stage1Index.fetch over the whole database
-        ref = ray.put(stage1)
-        shards = [shard for shard, _ in self._shards]
-        tables = _get_again_while_unavailable(lambda: [shard.neighbours.remote(ref, fetch) for shard in shards])
-        tables = [Neighbours(t.dist, np.where(t.slots >= 0, t.slots + offset, -1), t.xy)
-                  for t, (_, offset) in zip(tables, self._shards)]
-        scores = score_neighbours(merge_neighbours(tables, fetch), stage1, self._db_keys, self._slot_of,
-                                  self._db_keys, k, exclude, bool(self.config["shortlist_spatial"]), SPATIAL_TOP)
-        return scores.ranked(keys).tolist()
+        return self._index.search(feats["stage1"], exclude=[key]).ranked(keys).tolist()
 
     def lightglue_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
         import ray
@@ -214,13 +249,48 @@ class RaySource:
 
     def close(self) -> None:
         """Release the shard actors (the cluster itself stays up)."""
-        if self._shards:
-            import ray
-
-            for shard, _ in self._shards:
-                ray.kill(shard)
-            self._shards, self._shard_inputs = [], []
+        for index in self._indexes:
+            index.close()
+        self._index, self._indexes = None, []
         self._refs.clear()
+        self._matched.clear()
+
+    # ------------------------------------------------------------------ for extract and evaluate
+    def extract(self, annotations: Sequence[Annotation], kinds: Sequence[FeatureKind] = ("aliked",)) -> StoreReport:
+        """The features of ``kinds`` the store lacks for ``annotations``, extracted on the cluster and stored.
+
+        Returns what happened for the first kind (loaded from the store, extracted, skipped), as
+        ``FeatureStore.features`` reports a local extraction.
+        """
+        self._connect()
+        return self._ensure(annotations, database=len(annotations), kinds=tuple(kinds))
+
+    def stage1_index(self, keys: Sequence[str], features: Sequence[Mapping[str, Any]]) -> ShardedIndex:
+        """A stage-1 index of ``keys`` sharded over the cluster's nodes (released by ``close``)."""
+        self._connect()
+        nodes = self._nodes()
+        index = ShardedIndex(self._remote["shard"], self.config, keys, features, self.num_shards or nodes)
+        self._indexes.append(index)
+        logger.info("stage 1: %d annotations in %d shards", len(index.keys), len(index.shards))
+        return index
+
+    def matcher(self, features: Sequence[Mapping[str, Any]]) -> Callable[[int, List[int]], List[float]]:
+        """``match(i, [j, ...])``: LightGlue scores of item i against items j of ``features``, one task a call
+        (the one batched ``match_scores`` call a local run makes); each item's features are put once."""
+        import ray
+
+        self._connect()
+
+        def ref(i: int) -> Any:
+            if i not in self._matched:
+                self._matched[i] = ray.put(features[i])
+            return self._matched[i]
+
+        def match(i: int, partners: List[int]) -> List[float]:
+            task = self._remote["lightglue"].remote(self.config, ref(i), *[ref(j) for j in partners])
+            return list(ray.get(task))
+
+        return match
 
     # ------------------------------------------------------------------ the first query
     def _kinds(self) -> Tuple[FeatureKind, ...]:
@@ -229,14 +299,7 @@ class RaySource:
     def _prepare(self) -> None:
         if self._ready:
             return
-        connect(self.address, progress=self.progress)  # first: it sets what ray reads when imported
-        import ray
-
-        self._remote = {
-            "extractor": ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(Extractor),
-            "shard": ray.remote(num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES)(Stage1Shard),
-            "lightglue": ray.remote(num_cpus=1, max_retries=RETRIES)(lightglue_pairs),
-        }
+        self._connect()
         annotations = list(self.database.annotations) + (list(self.queries.annotations) if self.queries else [])
         self.database_report = self._ensure(annotations, database=len(self.database.annotations))
         kind = self._kinds()[0]
@@ -247,15 +310,35 @@ class RaySource:
         self._db_keys = list(dict.fromkeys(self._keys[id(a)] or "" for a in self._db))
         self._slot_of = {key: slot for slot, key in enumerate(self._db_keys)}
         if self.config.mode == "two_stage":
-            self._start_shards()
+            self._index = self.stage1_index(self._db_keys, [self._features(key, "stage1") for key in self._db_keys])
         self._ready = True
 
-    def _ensure(self, annotations: Sequence[Annotation], database: int = 0) -> StoreReport:
+    def _connect(self) -> None:
+        """Join the cluster (once); the remote forms of the actors and the task."""
+        if self._remote:
+            return
+        connect(self.address, progress=self.progress)  # first: it sets what ray reads when imported
+        import ray
+
+        self._remote = {
+            "extractor": ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(Extractor),
+            "shard": ray.remote(num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES)(Stage1Shard),
+            "lightglue": ray.remote(num_cpus=1, max_retries=RETRIES)(lightglue_pairs),
+        }
+
+    def _nodes(self) -> int:
+        import ray
+
+        return max(1, len([n for n in ray.nodes() if n["Alive"]]))
+
+    def _ensure(self, annotations: Sequence[Annotation], database: int = 0,
+                kinds: Optional[Tuple[FeatureKind, ...]] = None) -> StoreReport:
         """Content keys of ``annotations``; what the store lacks extracted on the cluster and stored.
 
-        Returns what happened to the first ``database`` of them (the database), for the mode's first kind.
+        Returns what happened to the first ``database`` of them (the database), for the first of ``kinds``
+        (default: the mode's).
         """
-        kinds = self._kinds()
+        kinds = kinds or self._kinds()
         report = StoreReport()
         queued = set()
         todo: List[Tuple[int, Photo, List[FeatureKind]]] = []
@@ -301,7 +384,7 @@ class RaySource:
         import ray
         from tqdm.auto import tqdm
 
-        nodes = max(1, len([n for n in ray.nodes() if n["Alive"]]))
+        nodes = self._nodes()
         workers = [self._remote["extractor"].options(scheduling_strategy="SPREAD").remote(self.config)
                    for _ in range(min(nodes, len(todo)))]
         chunks = [todo[i:i + EXTRACT_CHUNK] for i in range(0, len(todo), EXTRACT_CHUNK)]
@@ -329,20 +412,6 @@ class RaySource:
             for worker in workers:  # their CPUs go to the LightGlue tasks
                 ray.kill(worker)
         return done
-
-    def _start_shards(self) -> None:
-        import ray
-
-        nodes = max(1, len([n for n in ray.nodes() if n["Alive"]]))
-        count = max(1, min(self.num_shards or nodes, len(self._db_keys)))
-        bounds = np.linspace(0, len(self._db_keys), count + 1).astype(int)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            keys = self._db_keys[start:stop]
-            feats = ray.put([self._features(key, "stage1") for key in keys])
-            actor = self._remote["shard"].options(scheduling_strategy="SPREAD").remote(self.config, keys, feats)
-            self._shards.append((actor, int(start)))
-            self._shard_inputs.append(feats)  # held while the actor lives: a restart builds it from them again
-        logger.info("stage 1: %d annotations in %d shards", len(self._db_keys), len(self._shards))
 
     # ------------------------------------------------------------------ features on the driver
     def _stored(self, key: str, kind: FeatureKind) -> bool:
