@@ -11,8 +11,10 @@ left out of its own ranking), a shortlist of 4 so that stage 1 decides which pai
 * while it runs, every socket of the cluster's processes and of the driver is on the loopback address;
 * the worker node is killed (SIGKILL to its process group) once the first query is journaled: the run still
   completes, every query ranked once, the same rankings;
+* ``extract --ray`` fills the store with the features a local run stores; ``evaluate --ray`` writes the report a
+  local evaluate writes (same scores, ranks and calibration check);
 * sharded stage 1 (merged neighbours) gives exactly the scores of one index over the whole database;
-* without ``--ray`` nothing imports ray.
+* without ``--ray`` nothing imports ray (identify, extract, evaluate).
 
 The module skips when ray is not installed; CI (``WBIA_LIGHTGLUE_STRICT_TIERS=1``) turns that into a failure.
 """
@@ -30,6 +32,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from conftest import PHOTOS, ROOT
@@ -217,6 +220,48 @@ def test_a_killed_worker_node_loses_and_duplicates_nothing(nyala_set, local_run,
     assert len(table.splitlines()) == 1 + 3 * NUM_QUERIES  # no query twice
 
 
+# ----------------------------------------------------------------------------- extract and evaluate on the cluster
+def store_entries(store: Path):
+    """Every feature file of a store, by its path in the store."""
+    return {p.relative_to(store): p for p in store.rglob("*.npz") if "shortlist" not in p.parts}
+
+
+@pytest.mark.slow
+def test_extract_on_the_cluster_fills_the_store_a_local_run_fills(nyala_set, local_run, cluster):
+    store = nyala_set / "store-extract-ray"
+    proc = subprocess.run(cli("extract", nyala_set / "db.csv", "--cache-dir", store, *SMALL, "--ray", cluster.address),
+                          env=env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "features: 10 extracted, 0 loaded from the store" in proc.stdout
+    mine, local = store_entries(store), store_entries(nyala_set / "store-local")  # the local run's, same settings
+    assert len(mine) == 10 and set(mine) <= set(local)  # the same content keys under the same fingerprint
+    for name, path in mine.items():
+        with np.load(path) as a, np.load(local[name]) as b:
+            assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files), name
+    again = subprocess.run(cli("extract", nyala_set / "db.csv", "--cache-dir", store, *SMALL), env=env(),
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert "features: 0 extracted, 10 loaded from the store" in again.stdout, again.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_cluster_reports_what_a_local_evaluate_reports(nyala_set, local_run, cluster):
+    def evaluate(output, store, *extra):
+        proc = subprocess.run(cli("evaluate", nyala_set / "db.csv", "--output", output, "--cache-dir", store,
+                                  "--report-queries", "1", "--top", "3", *SMALL, *extra),
+                              env=env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout, json.loads((output / "report.json").read_text())
+
+    _, local = evaluate(nyala_set / "eval-local", nyala_set / "store-local")
+    # a fresh store: the ALIKED and stage-1 features are extracted on the cluster (the line counts ALIKED)
+    out, mine = evaluate(nyala_set / "eval-ray", nyala_set / "store-eval-ray", "--ray", cluster.address)
+    assert "features: 10 extracted" in out
+    assert {k: v for k, v in mine.items() if k != "meta"} == {k: v for k, v in local.items() if k != "meta"}
+    assert mine["num_answerable"] == 10 and mine["meta"]["mode"] == "two_stage"
+    assert mine["meta"]["calibration"] == local["meta"]["calibration"]  # its Brier score on the same pair scores
+    assert (nyala_set / "eval-ray" / "report.html").is_file() and (nyala_set / "eval-ray" / "cmc.png").is_file()
+
+
 # ----------------------------------------------------------------------------- the pieces, without a cluster
 @pytest.mark.slow
 def test_sharded_stage1_scores_equal_one_index(nyala_set, tmp_path):
@@ -255,6 +300,7 @@ def test_a_config_pickles_with_its_values_and_source(tmp_path):
 
 
 def test_without_ray_nothing_imports_ray(tmp_path):
+    """identify, extract and evaluate without --ray, in one process: ray is never imported."""
     for name in ("sacre_coeur", "DSC_04"):
         (tmp_path / "db" / name).mkdir(parents=True)
         for photo in PHOTOS.glob(f"{name}*.jpg"):
@@ -262,16 +308,20 @@ def test_without_ray_nothing_imports_ray(tmp_path):
     code = """
 import sys
 from wbia_lightglue import cli, core
-assert cli.main(sys.argv[1:]) == 0
+for argv in sys.argv[1:]:
+    assert cli.main(argv.split("|")) == 0, argv
 print("ray imported" if "ray" in sys.modules else "ray not imported")
 """
-    proc = subprocess.run([sys.executable, "-c", code, "identify", PHOTOS / "sacre_coeur1.jpg", tmp_path / "db",
-                           "--output", tmp_path / "out", "--cache-dir", tmp_path / "store", "--keypoints", "64",
-                           "--image-size", "256", "--shortlist", "0", "--device", "cpu", "-q"],
+    small = ["--cache-dir", tmp_path / "store", "--keypoints", "64", "--image-size", "256", "--shortlist", "0",
+             "--device", "cpu", "-q"]
+    commands = [["identify", PHOTOS / "sacre_coeur1.jpg", tmp_path / "db", "--output", tmp_path / "out", *small],
+                ["extract", tmp_path / "db", *small],
+                ["evaluate", tmp_path / "db", "--output", tmp_path / "eval", "--report-queries", "0", *small]]
+    proc = subprocess.run([sys.executable, "-c", code, *("|".join(map(str, argv)) for argv in commands)],
                           env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ray not imported")
-    assert (tmp_path / "out" / "rankings.csv").is_file()
+    assert (tmp_path / "out" / "rankings.csv").is_file() and (tmp_path / "eval" / "report.json").is_file()
 
 
 def test_ray_is_for_the_batch_form(tmp_path):
