@@ -230,6 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.command == "worker":
         worker_node(args.address, args.num_cpus, args.temp_dir, args.object_store_mib)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped by a signal: the nodes go too
     with LocalCluster(args.workers, num_cpus=args.num_cpus) as cluster:
         logger.info("ray cluster of %d nodes on loopback: --ray %s (logs in %s); Ctrl-C stops it",
                     args.workers + 1, cluster.address, cluster.logs)

@@ -1,4 +1,8 @@
-"""A batch identify on an existing Ray cluster (``identify QUERIES DATABASE --output DIR --ray ADDRESS``).
+"""A batch identify on an existing Ray cluster (``identify QUERIES DATABASE --output DIR --ray ADDRESS``), and
+the same machinery for ``extract --ray`` (:meth:`RaySource.extract` fills the driver's store) and ``evaluate --ray``
+(``evaluation.datasets.score_dataset``: :meth:`RaySource.extract`, :meth:`RaySource.stage1_index` per comparison
+group, :meth:`RaySource.matcher` for the pairs). A loopback ADDRESS is a cluster on this machine's loopback
+(``local_cluster``); the driver then binds to 127.0.0.1 too (:func:`connect`).
 
 The driver (the machine running the command) runs the same batch as a local run: ``pipeline.batch.identify_batch``
 calls ``pipeline.stages.score_query`` for each query, which plans, fuses and ranks there; its evidence comes
@@ -8,9 +12,9 @@ from :class:`RaySource`, whose work runs on the cluster (Ray core tasks and acto
   stage-1 features of chunks of photos. The driver sends the photo bytes, so workers need no access to the
   photos; the arrays come back and the driver writes them into its content-keyed feature store, so a rerun
   (or a local run) finds them there. The actors are released once the photos are done.
-* **stage 1**: ``Stage1Shard`` actors, each an ``engine.stage1`` index over a part of the database. LNBNN
-  normalises by the (K+1)-th neighbour over the whole database, so a shard returns each query descriptor's
-  nearest neighbours (distances, annotations, keypoints) rather than scores; the driver merges them
+* **stage 1**: a :class:`ShardedIndex`: ``Stage1Shard`` actors, each an ``engine.stage1`` index over a part of
+  the database. LNBNN normalises by the (K+1)-th neighbour over the whole database, so a shard returns each
+  query descriptor's nearest neighbours (distances, annotations, keypoints) rather than scores; the driver merges them
   (``engine.stage1.merge_neighbours``) and votes once (``score_neighbours``): the scores of one index over the
   whole database (with exact search, the default below ``AUTO_IVF_VECTORS`` vectors a shard).
 * **LightGlue**: one ``lightglue_pairs`` task per query scores its shortlisted pairs (exhaustive: every
