@@ -42,7 +42,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'wbia
 from wbia_lightglue.data.dataset import load_dataset, load_queries  # noqa: E402
 from wbia_lightglue.data.store import FeatureStore, annotation_features  # noqa: E402
 from wbia_lightglue.distributed.local_cluster import LocalCluster  # noqa: E402
-from wbia_lightglue.distributed.ray_runner import Stage1Shard  # noqa: E402
+from wbia_lightglue.distributed.sharded_stage1 import Stage1Shard  # noqa: E402
 from wbia_lightglue.engine.config import load_config  # noqa: E402
 from wbia_lightglue.engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours  # noqa: E402
 

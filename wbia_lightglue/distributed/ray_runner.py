@@ -12,11 +12,9 @@ from :class:`RaySource`, whose work runs on the cluster (Ray core tasks and acto
   stage-1 features of chunks of photos. The driver sends the photo bytes, so workers need no access to the
   photos; the arrays come back and the driver writes them into its content-keyed feature store, so a rerun
   (or a local run) finds them there. The actors are released once the photos are done.
-* **stage 1**: a :class:`ShardedIndex`: ``Stage1Shard`` actors, each an ``engine.stage1`` index over a part of
-  the database. LNBNN normalises by the (K+1)-th neighbour over the whole database, so a shard returns each
-  query descriptor's nearest neighbours (distances, annotations, keypoints) rather than scores; the driver merges them
-  (``engine.stage1.merge_neighbours``) and votes once (``score_neighbours``): the scores of one index over the
-  whole database (with exact search, the default below ``AUTO_IVF_VECTORS`` vectors a shard).
+* **stage 1**: a :class:`~.sharded_stage1.ShardedIndex`: ``Stage1Shard`` actors, each the ``engine.stage1``
+  index of a part of the database, return nearest neighbours that the driver merges and votes on once: the
+  scores of one index over the whole database (see ``sharded_stage1``).
 * **LightGlue**: one ``lightglue_pairs`` task per query scores its shortlisted pairs (exhaustive: every
   candidate), the same call on the same list as a local run.
 
@@ -31,20 +29,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
-
-import numpy as np
 
 from ..data.dataset import Annotation, Dataset, DatasetError
 from ..data.images import BBox, ImageReadError, read_image_bytes
 from ..data.store import FeatureKind, FeatureStore, StoreReport, content_key, extract_photos
 from ..engine.config import Config, Mode
 from ..engine.scoring import match_scores
-from ..engine.stage1 import Neighbours, Stage1Scores, build_index, merge_neighbours, score_neighbours
 from ..pipeline.files import besides_the_query, check_stage1_source
 from .local_cluster import LOOPBACK, LOOPBACK_ENV, is_loopback_address
+from .sharded_stage1 import ShardedIndex, Stage1Shard
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -52,8 +47,6 @@ RETRIES = 3  # a task re-run, an actor restarted (and its call retried), after i
 EXTRACT_CHUNK = 8  # photos per extraction call (bytes in, arrays out: what one call holds in memory)
 IN_FLIGHT = 2  # extraction calls queued per extractor (the next chunk waits while one runs)
 REF_CACHE = 4096  # ALIKED features of database annotations kept in the object store (least recently used out)
-UNAVAILABLE_SECONDS = 300  # how long a driver asks again for an actor that is being restarted
-SPATIAL_TOP = 50  # as Stage1Index.search: candidates re-scored by the spatial check
 
 Photo = Tuple[bytes, str, Optional[BBox]]
 
@@ -77,47 +70,12 @@ class Extractor:
         return True
 
 
-class Stage1Shard:
-    """An actor holding the stage-1 index of a part of the database (``keys``, in the driver's order)."""
-
-    def __init__(self, config: Config, keys: Sequence[str], features: Sequence[Mapping[str, Any]]):
-        self.index = build_index(list(keys), list(features), config)
-        position = {key: i for i, key in enumerate(keys)}
-        self.position = np.asarray([position.get(key, -1) for key in self.index.slot_keys] or [-1], np.int64)
-
-    def neighbours(self, features: Mapping[str, Any], fetch: int) -> Neighbours:
-        """The query descriptors' ``fetch`` nearest here, as positions in this shard's ``keys``."""
-        table = self.index.neighbours(features, fetch)
-        slots = np.where(table.slots >= 0, self.position[np.maximum(table.slots, 0)], -1)
-        return Neighbours(table.dist, slots, table.xy)
-
-
 def lightglue_pairs(config: Config, query: Mapping[str, Any], *candidates: Mapping[str, Any]) -> List[float]:
     """A task: raw LightGlue scores of the query against each candidate (models built once per worker)."""
     return [float(v) for v in match_scores(query, list(candidates), config, progress=False)]
 
 
 # ---------------------------------------------------------------------------------------------- on the driver
-def _get_again_while_unavailable(submit: Callable[[], List[Any]]) -> List[Any]:
-    """``ray.get`` of the calls ``submit`` makes, made again while an actor is restarting (pure reads only).
-
-    Ray retries a call on an actor that died (``max_task_retries``), but one it could not reach while the
-    actor's node was being declared dead fails with ActorUnavailableError ("may or may not have been executed").
-    """
-    import ray
-    from ray.exceptions import ActorUnavailableError
-
-    deadline = time.monotonic() + UNAVAILABLE_SECONDS
-    while True:
-        try:
-            return list(ray.get(submit()))
-        except ActorUnavailableError as exc:
-            if time.monotonic() > deadline:
-                raise
-            logger.info("a stage-1 shard is unavailable (%s); asking again", str(exc).split(":")[0])
-            time.sleep(1.0)
-
-
 def connect(address: str, *, progress: bool = True) -> None:
     """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver.
 
@@ -138,53 +96,6 @@ def connect(address: str, *, progress: bool = True) -> None:
                  _node_ip_address=LOOPBACK if loopback else None)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     logger.info("ray cluster %s: %d nodes, %s CPUs", address, len(nodes), ray.cluster_resources().get("CPU", 0))
-
-
-class ShardedIndex:
-    """A stage-1 index of ``keys`` over ``count`` :class:`Stage1Shard` actors spread over the nodes.
-
-    ``search`` gives the scores ``Stage1Index.search`` of one index over all of ``keys`` gives: each shard returns
-    its nearest neighbours, the driver merges them and votes once (exact search; see the module docstring).
-    The actors hold their part of ``features``; the driver holds the objects they were built from, so a shard
-    restarted after its node died builds the same index again.
-    """
-
-    def __init__(self, shard: Any, config: Config, keys: Sequence[str], features: Sequence[Mapping[str, Any]],
-                 count: int):
-        import ray
-
-        self.config, self.keys = config, list(keys)
-        self.slot_of = {key: slot for slot, key in enumerate(self.keys)}
-        self.k = int(config["shortlist_knn"])
-        self.shards: List[Tuple[Any, int]] = []  # (actor, offset of its keys in keys)
-        self._inputs: List[Any] = []  # ObjectRefs of each shard's features (kept for restarts)
-        bounds = np.linspace(0, len(self.keys), max(1, min(count, len(self.keys))) + 1).astype(int)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            feats = ray.put(list(features[start:stop]))
-            actor = shard.options(scheduling_strategy="SPREAD").remote(config, self.keys[start:stop], feats)
-            self.shards.append((actor, int(start)))
-            self._inputs.append(feats)
-
-    def search(self, features: Mapping[str, Any], exclude: Sequence[str] = ()) -> Stage1Scores:
-        import ray
-
-        if len(features["descriptors"]) == 0 or not self.shards:
-            return Stage1Scores({key: 0.0 for key in self.keys}, 0)
-        fetch = self.k + 1 + (self.k + 1 if any(key in self.slot_of for key in exclude) else 0)  # as Stage1Index
-        ref = ray.put(features)
-        shards = [shard for shard, _ in self.shards]
-        tables = _get_again_while_unavailable(lambda: [shard.neighbours.remote(ref, fetch) for shard in shards])
-        tables = [Neighbours(t.dist, np.where(t.slots >= 0, t.slots + offset, -1), t.xy)
-                  for t, (_, offset) in zip(tables, self.shards)]
-        return score_neighbours(merge_neighbours(tables, fetch), features, self.keys, self.slot_of, self.keys, self.k,
-                                list(exclude), bool(self.config["shortlist_spatial"]), SPATIAL_TOP)
-
-    def close(self) -> None:
-        import ray
-
-        for shard, _ in self.shards:
-            ray.kill(shard)
-        self.shards, self._inputs = [], []
 
 
 class RaySource:
