@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any, Dict, NoReturn, Optional, Sequence
 
@@ -74,3 +75,17 @@ def features_line(loaded: int, extracted: int, skipped: Sequence[str]) -> str:
     """One line saying where a run's features came from."""
     line = f"features: {extracted} extracted, {loaded} loaded from the store"
     return line + (f", {len(skipped)} skipped (see warnings)" if skipped else "")
+
+
+def add_ray_option(cmd: argparse.ArgumentParser, what: str) -> None:
+    """``--ray ADDRESS``: ``what`` runs on the Ray cluster whose head is there (``distributed.ray_runner``)."""
+    cmd.add_argument("--ray", metavar="ADDRESS",
+                     help=f"{what} on the Ray cluster whose head is at ADDRESS (host:port; `ray start --head`, or "
+                          "127.0.0.1:PORT for one on this machine's loopback); the outputs are written here as "
+                          "without it (needs the ray extra)")
+
+
+def check_ray(args: argparse.Namespace) -> None:
+    """UsageError when --ray is given and Ray is not installed (found without importing it)."""
+    if getattr(args, "ray", None) is not None and importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray in this environment: pip install 'wbia-lightglue[ray]'")

@@ -5,6 +5,8 @@ Writes ``<output>/report.json`` (summary, per-query rows, run metadata), ``<outp
 first, the first ``--report-queries`` of them drawn with their ``--top`` candidates; evaluation.html_report).
 Under the default settings it runs two-stage and the probabilities come from the shipped calibration;
 ``report.json``'s meta names the mode and the calibration, with its Brier score on this dataset's pairs.
+With ``--ray ADDRESS`` the scoring runs on a Ray cluster (``evaluation.datasets.score_dataset``'s ``ray_address``):
+the same matrices, report and pages.
 """
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ from ..evaluation.datasets import DatasetScores, evaluate, save, score_dataset
 from ..evaluation.protocol import DEFAULT_RANKS, EvaluationReport
 from ..pipeline import calibration_for
 from ..pipeline.files import check_stage1_source
-from .common import UsageError, check_top, config_from_args, features_line, require_writable
+from .common import (
+    UsageError,
+    add_ray_option,
+    check_ray,
+    check_top,
+    config_from_args,
+    features_line,
+    require_writable,
+)
 
 DEFAULT_OUTPUT = Path("wbia-lightglue-evaluation")
 
@@ -40,16 +50,18 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--report-queries", type=int, default=html_report.DEFAULT_MAX_QUERIES, metavar="N",
                      help="queries drawn in report.html, errors first (default "
                           f"{html_report.DEFAULT_MAX_QUERIES}; 0: summary and table only)")
+    add_ray_option(cmd, "score the pairs")
     cmd.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     check_top(args)
+    check_ray(args)
     if args.report_queries < 0:
         raise UsageError(f"--report-queries must be 0 or more, got {args.report_queries}")
     report = main(args.dataset, args.output, config_from_args(args), limit=args.limit_individuals,
                   seed=args.seed, group_by=args.group_by, cache_dir=args.cache_dir, progress=not args.quiet,
-                  top=args.top, report_queries=args.report_queries)
+                  top=args.top, report_queries=args.report_queries, ray_address=args.ray)
     feats = report.meta["features"]
     print(features_line(feats["loaded"], feats["extracted"], feats["skipped"]))
     print(report.table())
@@ -79,6 +91,7 @@ def main(
     progress: bool = True,
     top: int = html_report.DEFAULT_TOP,
     report_queries: int = html_report.DEFAULT_MAX_QUERIES,
+    ray_address: Optional[str] = None,
 ) -> EvaluationReport:
     """Score every comparable pair of ``dataset`` once, evaluate every answerable query, write the outputs.
 
@@ -88,13 +101,15 @@ def main(
             e.g. ``side`` for flank photos.
         top, report_queries: candidates per query and queries drawn in ``report.html`` (what was written
             is in ``meta["html_report"]``).
+        ray_address: score on the Ray cluster there (``evaluation.datasets.score_dataset``).
     """
     config = resolve_config(config)
     check_stage1_source(config)  # settings first: no output folder is made under a bad one
     require_writable(Path(output))  # before scoring every pair, not after
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     data = limit_individuals(data, limit, seed)
-    scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress)
+    scored = score_dataset(data, config, group_by=group_by, cache_dir=cache_dir, progress=progress,
+                           ray_address=ray_address)
     report = evaluate(scored, config, ranks, group_by=group_by, limit_individuals=limit, seed=seed)
     calibration = calibration_for(config)
     report.meta.update(mode=config.mode, calibration=calibration_check(scored, calibration, config))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,15 @@ from ..pipeline import calibration_for, rank_individuals, score_query
 from ..pipeline.batch import Candidate, candidate_rows
 from ..pipeline.files import check_stage1_source, store_source
 from . import batch
-from .common import UsageError, check_top, config_from_args, features_line, require_writable
+from .common import (
+    UsageError,
+    add_ray_option,
+    check_ray,
+    check_top,
+    config_from_args,
+    features_line,
+    require_writable,
+)
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -96,9 +103,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--report-queries", type=int, metavar="N",
                      help=f"batch: queries drawn in DIR/report.html, each with its top {html_report.DEFAULT_TOP} "
                           f"candidates (default {html_report.DEFAULT_MAX_QUERIES}; 0: the table only)")
-    cmd.add_argument("--ray", metavar="ADDRESS",
-                     help="batch: run on the Ray cluster whose head is at ADDRESS (host:port; `ray start --head`); "
-                          "the outputs are written here as without it (needs the ray extra)")
+    add_ray_option(cmd, "batch: run")
     cmd.set_defaults(func=run)
 
 
@@ -141,8 +146,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_batch(args: argparse.Namespace) -> None:
-    if args.ray is not None and importlib.util.find_spec("ray") is None:
-        raise UsageError("--ray needs Ray in this environment: pip install 'wbia-lightglue[ray]'")
+    check_ray(args)
     report_queries = html_report.DEFAULT_MAX_QUERIES if args.report_queries is None else args.report_queries
     result = batch.main(args.query, args.database, args.output, config_from_args(args), top=args.top,
                         cache_dir=args.cache_dir, report_queries=report_queries, progress=not args.quiet,

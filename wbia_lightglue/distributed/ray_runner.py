@@ -1,4 +1,8 @@
-"""A batch identify on an existing Ray cluster (``identify QUERIES DATABASE --output DIR --ray ADDRESS``).
+"""A batch identify on an existing Ray cluster (``identify QUERIES DATABASE --output DIR --ray ADDRESS``), and
+the same machinery for ``extract --ray`` (:meth:`RaySource.extract` fills the driver's store) and ``evaluate --ray``
+(``evaluation.datasets.score_dataset``: :meth:`RaySource.extract`, :meth:`RaySource.stage1_index` per comparison
+group, :meth:`RaySource.matcher` for the pairs). A loopback ADDRESS is a cluster on this machine's loopback
+(``local_cluster``); the driver then binds to 127.0.0.1 too (:func:`connect`).
 
 The driver (the machine running the command) runs the same batch as a local run: ``pipeline.batch.identify_batch``
 calls ``pipeline.stages.score_query`` for each query, which plans, fuses and ranks there; its evidence comes
@@ -8,11 +12,9 @@ from :class:`RaySource`, whose work runs on the cluster (Ray core tasks and acto
   stage-1 features of chunks of photos. The driver sends the photo bytes, so workers need no access to the
   photos; the arrays come back and the driver writes them into its content-keyed feature store, so a rerun
   (or a local run) finds them there. The actors are released once the photos are done.
-* **stage 1**: ``Stage1Shard`` actors, each an ``engine.stage1`` index over a part of the database. LNBNN
-  normalises by the (K+1)-th neighbour over the whole database, so a shard returns each query descriptor's
-  nearest neighbours (distances, annotations, keypoints) rather than scores; the driver merges them
-  (``engine.stage1.merge_neighbours``) and votes once (``score_neighbours``): the scores of one index over the
-  whole database (with exact search, the default below ``AUTO_IVF_VECTORS`` vectors a shard).
+* **stage 1**: a :class:`~.sharded_stage1.ShardedIndex`: ``Stage1Shard`` actors, each the ``engine.stage1``
+  index of a part of the database, return nearest neighbours that the driver merges and votes on once: the
+  scores of one index over the whole database (see ``sharded_stage1``).
 * **LightGlue**: one ``lightglue_pairs`` task per query scores its shortlisted pairs (exhaustive: every
   candidate), the same call on the same list as a local run.
 
@@ -25,19 +27,19 @@ loses at most the queries in flight and a rerun keeps the rest.
 from __future__ import annotations
 
 import logging
-import time
+import os
+import sys
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
-
-import numpy as np
 
 from ..data.dataset import Annotation, Dataset, DatasetError
 from ..data.images import BBox, ImageReadError, read_image_bytes
 from ..data.store import FeatureKind, FeatureStore, StoreReport, content_key, extract_photos
 from ..engine.config import Config, Mode
 from ..engine.scoring import match_scores
-from ..engine.stage1 import Neighbours, build_index, merge_neighbours, score_neighbours
 from ..pipeline.files import besides_the_query, check_stage1_source
+from .local_cluster import LOOPBACK, LOOPBACK_ENV, is_loopback_address
+from .sharded_stage1 import ShardedIndex, Stage1Shard
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -45,8 +47,6 @@ RETRIES = 3  # a task re-run, an actor restarted (and its call retried), after i
 EXTRACT_CHUNK = 8  # photos per extraction call (bytes in, arrays out: what one call holds in memory)
 IN_FLIGHT = 2  # extraction calls queued per extractor (the next chunk waits while one runs)
 REF_CACHE = 4096  # ALIKED features of database annotations kept in the object store (least recently used out)
-UNAVAILABLE_SECONDS = 300  # how long a driver asks again for an actor that is being restarted
-SPATIAL_TOP = 50  # as Stage1Index.search: candidates re-scored by the spatial check
 
 Photo = Tuple[bytes, str, Optional[BBox]]
 
@@ -70,53 +70,30 @@ class Extractor:
         return True
 
 
-class Stage1Shard:
-    """An actor holding the stage-1 index of a part of the database (``keys``, in the driver's order)."""
-
-    def __init__(self, config: Config, keys: Sequence[str], features: Sequence[Mapping[str, Any]]):
-        self.index = build_index(list(keys), list(features), config)
-        position = {key: i for i, key in enumerate(keys)}
-        self.position = np.asarray([position.get(key, -1) for key in self.index.slot_keys] or [-1], np.int64)
-
-    def neighbours(self, features: Mapping[str, Any], fetch: int) -> Neighbours:
-        """The query descriptors' ``fetch`` nearest here, as positions in this shard's ``keys``."""
-        table = self.index.neighbours(features, fetch)
-        slots = np.where(table.slots >= 0, self.position[np.maximum(table.slots, 0)], -1)
-        return Neighbours(table.dist, slots, table.xy)
-
-
 def lightglue_pairs(config: Config, query: Mapping[str, Any], *candidates: Mapping[str, Any]) -> List[float]:
     """A task: raw LightGlue scores of the query against each candidate (models built once per worker)."""
     return [float(v) for v in match_scores(query, list(candidates), config, progress=False)]
 
 
 # ---------------------------------------------------------------------------------------------- on the driver
-def _get_again_while_unavailable(submit: Callable[[], List[Any]]) -> List[Any]:
-    """``ray.get`` of the calls ``submit`` makes, made again while an actor is restarting (pure reads only).
-
-    Ray retries a call on an actor that died (``max_task_retries``), but one it could not reach while the
-    actor's node was being declared dead fails with ActorUnavailableError ("may or may not have been executed").
-    """
-    import ray
-    from ray.exceptions import ActorUnavailableError
-
-    deadline = time.monotonic() + UNAVAILABLE_SECONDS
-    while True:
-        try:
-            return list(ray.get(submit()))
-        except ActorUnavailableError as exc:
-            if time.monotonic() > deadline:
-                raise
-            logger.info("a stage-1 shard is unavailable (%s); asking again", str(exc).split(":")[0])
-            time.sleep(1.0)
-
-
 def connect(address: str, *, progress: bool = True) -> None:
-    """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver."""
+    """Join the Ray cluster at ``address`` (``host:port`` of its head) as a driver.
+
+    A loopback address (``127.0.0.1:PORT``) means a cluster on this machine's loopback
+    (``local_cluster``): the driver binds to ``127.0.0.1`` as well, which needs :data:`local_cluster.LOOPBACK_ENV`
+    set before ray is imported (else Ray rewrites the address into the machine's routable one).
+    """
+    loopback = is_loopback_address(address)
+    if loopback:
+        if "ray" in sys.modules and any(os.environ.get(k) != v for k, v in LOOPBACK_ENV.items()):
+            raise RuntimeError(f"a loopback Ray address ({address}) needs {LOOPBACK_ENV} set before ray is "
+                               "imported, and ray is already imported: set it in the environment")
+        os.environ.update(LOOPBACK_ENV)
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING,
+                 _node_ip_address=LOOPBACK if loopback else None)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     logger.info("ray cluster %s: %d nodes, %s CPUs", address, len(nodes), ray.cluster_resources().get("CPU", 0))
 
@@ -143,8 +120,9 @@ class RaySource:
         self._db: List[Annotation] = []  # database annotations with the mode's features
         self._db_keys: List[str] = []  # their distinct keys: the stage-1 slots
         self._slot_of: Dict[str, int] = {}
-        self._shards: List[Tuple[Any, int]] = []  # (actor, offset of its keys in _db_keys)
-        self._shard_inputs: List[Any] = []  # ObjectRefs of each shard's features (kept for restarts)
+        self._index: Optional[ShardedIndex] = None  # stage 1 over the database (two-stage mode)
+        self._indexes: List[ShardedIndex] = []  # every sharded index started (released by close)
+        self._matched: Dict[int, Any] = {}  # matcher(): position -> ObjectRef of its ALIKED features
         self._refs: "OrderedDict[str, Any]" = OrderedDict()  # key -> ObjectRef of its ALIKED features
         self._query: Optional[Tuple[int, str, Dict[str, Any]]] = None  # id(query), key, its features by kind
 
@@ -163,25 +141,12 @@ class RaySource:
         return besides_the_query(key, self._db, [self._keys[id(a)] for a in self._db], self.database)
 
     def stage1_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
-        import ray
-
         assert self._query is not None and self._query[0] == id(query), "candidates() is called first"
         _, key, feats = self._query
-        stage1 = feats["stage1"]
-        exclude = [key] if key in self._slot_of else []
         keys = [self._keys[id(a)] or "" for a in candidates]
-        if len(stage1["descriptors"]) == 0 or not self._shards:
+        if self._index is None:
             return [0.0] * len(candidates)
-        k = int(self.config["shortlist_knn"])
-        fetch = k + 1 + (k + 1 if exclude else 0)  # as Stage1Index.fetch over the whole database
-        ref = ray.put(stage1)
-        shards = [shard for shard, _ in self._shards]
-        tables = _get_again_while_unavailable(lambda: [shard.neighbours.remote(ref, fetch) for shard in shards])
-        tables = [Neighbours(t.dist, np.where(t.slots >= 0, t.slots + offset, -1), t.xy)
-                  for t, (_, offset) in zip(tables, self._shards)]
-        scores = score_neighbours(merge_neighbours(tables, fetch), stage1, self._db_keys, self._slot_of,
-                                  self._db_keys, k, exclude, bool(self.config["shortlist_spatial"]), SPATIAL_TOP)
-        return scores.ranked(keys).tolist()
+        return self._index.search(feats["stage1"], exclude=[key]).ranked(keys).tolist()
 
     def lightglue_scores(self, query: Annotation, candidates: Sequence[Annotation]) -> List[float]:
         import ray
@@ -199,13 +164,48 @@ class RaySource:
 
     def close(self) -> None:
         """Release the shard actors (the cluster itself stays up)."""
-        if self._shards:
-            import ray
-
-            for shard, _ in self._shards:
-                ray.kill(shard)
-            self._shards, self._shard_inputs = [], []
+        for index in self._indexes:
+            index.close()
+        self._index, self._indexes = None, []
         self._refs.clear()
+        self._matched.clear()
+
+    # ------------------------------------------------------------------ for extract and evaluate
+    def extract(self, annotations: Sequence[Annotation], kinds: Sequence[FeatureKind] = ("aliked",)) -> StoreReport:
+        """The features of ``kinds`` the store lacks for ``annotations``, extracted on the cluster and stored.
+
+        Returns what happened for the first kind (loaded from the store, extracted, skipped), as
+        ``FeatureStore.features`` reports a local extraction.
+        """
+        self._connect()
+        return self._ensure(annotations, database=len(annotations), kinds=tuple(kinds))
+
+    def stage1_index(self, keys: Sequence[str], features: Sequence[Mapping[str, Any]]) -> ShardedIndex:
+        """A stage-1 index of ``keys`` sharded over the cluster's nodes (released by ``close``)."""
+        self._connect()
+        nodes = self._nodes()
+        index = ShardedIndex(self._remote["shard"], self.config, keys, features, self.num_shards or nodes)
+        self._indexes.append(index)
+        logger.info("stage 1: %d annotations in %d shards", len(index.keys), len(index.shards))
+        return index
+
+    def matcher(self, features: Sequence[Mapping[str, Any]]) -> Callable[[int, List[int]], List[float]]:
+        """``match(i, [j, ...])``: LightGlue scores of item i against items j of ``features``, one task a call
+        (the one batched ``match_scores`` call a local run makes); each item's features are put once."""
+        import ray
+
+        self._connect()
+
+        def ref(i: int) -> Any:
+            if i not in self._matched:
+                self._matched[i] = ray.put(features[i])
+            return self._matched[i]
+
+        def match(i: int, partners: List[int]) -> List[float]:
+            task = self._remote["lightglue"].remote(self.config, ref(i), *[ref(j) for j in partners])
+            return list(ray.get(task))
+
+        return match
 
     # ------------------------------------------------------------------ the first query
     def _kinds(self) -> Tuple[FeatureKind, ...]:
@@ -214,14 +214,7 @@ class RaySource:
     def _prepare(self) -> None:
         if self._ready:
             return
-        import ray
-
-        connect(self.address, progress=self.progress)
-        self._remote = {
-            "extractor": ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(Extractor),
-            "shard": ray.remote(num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES)(Stage1Shard),
-            "lightglue": ray.remote(num_cpus=1, max_retries=RETRIES)(lightglue_pairs),
-        }
+        self._connect()
         annotations = list(self.database.annotations) + (list(self.queries.annotations) if self.queries else [])
         self.database_report = self._ensure(annotations, database=len(self.database.annotations))
         kind = self._kinds()[0]
@@ -232,15 +225,35 @@ class RaySource:
         self._db_keys = list(dict.fromkeys(self._keys[id(a)] or "" for a in self._db))
         self._slot_of = {key: slot for slot, key in enumerate(self._db_keys)}
         if self.config.mode == "two_stage":
-            self._start_shards()
+            self._index = self.stage1_index(self._db_keys, [self._features(key, "stage1") for key in self._db_keys])
         self._ready = True
 
-    def _ensure(self, annotations: Sequence[Annotation], database: int = 0) -> StoreReport:
+    def _connect(self) -> None:
+        """Join the cluster (once); the remote forms of the actors and the task."""
+        if self._remote:
+            return
+        connect(self.address, progress=self.progress)  # first: it sets what ray reads when imported
+        import ray
+
+        self._remote = {
+            "extractor": ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(Extractor),
+            "shard": ray.remote(num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES)(Stage1Shard),
+            "lightglue": ray.remote(num_cpus=1, max_retries=RETRIES)(lightglue_pairs),
+        }
+
+    def _nodes(self) -> int:
+        import ray
+
+        return max(1, len([n for n in ray.nodes() if n["Alive"]]))
+
+    def _ensure(self, annotations: Sequence[Annotation], database: int = 0,
+                kinds: Optional[Tuple[FeatureKind, ...]] = None) -> StoreReport:
         """Content keys of ``annotations``; what the store lacks extracted on the cluster and stored.
 
-        Returns what happened to the first ``database`` of them (the database), for the mode's first kind.
+        Returns what happened to the first ``database`` of them (the database), for the first of ``kinds``
+        (default: the mode's).
         """
-        kinds = self._kinds()
+        kinds = kinds or self._kinds()
         report = StoreReport()
         queued = set()
         todo: List[Tuple[int, Photo, List[FeatureKind]]] = []
@@ -286,7 +299,7 @@ class RaySource:
         import ray
         from tqdm.auto import tqdm
 
-        nodes = max(1, len([n for n in ray.nodes() if n["Alive"]]))
+        nodes = self._nodes()
         workers = [self._remote["extractor"].options(scheduling_strategy="SPREAD").remote(self.config)
                    for _ in range(min(nodes, len(todo)))]
         chunks = [todo[i:i + EXTRACT_CHUNK] for i in range(0, len(todo), EXTRACT_CHUNK)]
@@ -314,20 +327,6 @@ class RaySource:
             for worker in workers:  # their CPUs go to the LightGlue tasks
                 ray.kill(worker)
         return done
-
-    def _start_shards(self) -> None:
-        import ray
-
-        nodes = max(1, len([n for n in ray.nodes() if n["Alive"]]))
-        count = max(1, min(self.num_shards or nodes, len(self._db_keys)))
-        bounds = np.linspace(0, len(self._db_keys), count + 1).astype(int)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            keys = self._db_keys[start:stop]
-            feats = ray.put([self._features(key, "stage1") for key in keys])
-            actor = self._remote["shard"].options(scheduling_strategy="SPREAD").remote(self.config, keys, feats)
-            self._shards.append((actor, int(start)))
-            self._shard_inputs.append(feats)  # held while the actor lives: a restart builds it from them again
-        logger.info("stage 1: %d annotations in %d shards", len(self._db_keys), len(self._shards))
 
     # ------------------------------------------------------------------ features on the driver
     def _stored(self, key: str, kind: FeatureKind) -> bool:
