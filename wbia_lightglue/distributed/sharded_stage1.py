@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..engine.config import Config
-from ..engine.stage1 import Neighbours, Stage1Scores, build_index, merge_neighbours, score_neighbours
+from ..engine.stage1 import Neighbours, Stage1Scores, build_descriptor_index, merge_neighbours, score_neighbours
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -28,7 +28,7 @@ class Stage1Shard:
     """An actor holding the stage-1 index of a part of the database (``keys``, in the driver's order)."""
 
     def __init__(self, config: Config, keys: Sequence[str], features: Sequence[Mapping[str, Any]]):
-        self.index = build_index(list(keys), list(features), config)
+        self.index = build_descriptor_index(list(keys), list(features), config)
         position = {key: i for i, key in enumerate(keys)}
         self.position = np.asarray([position.get(key, -1) for key in self.index.slot_keys] or [-1], np.int64)
 
