@@ -4,12 +4,12 @@
 
 The database is the real nyala photos (``../shared/data/nyala``, stage-1 features at the DEFAULT settings:
 Hessian-affine at 500 px, up to 4,000 descriptors) planted among synthetic annotations up to N. A synthetic
-annotation is drawn from a real photo of an individual that is neither a query nor planted (its template): a
-random 70-100% of the template's descriptors, each with Gaussian noise whose size is the median distance of a
-real descriptor to its nearest neighbour in photos of other individuals (so copies of one template are as far
-apart as unrelated real photos, not near-duplicates), its keypoints moved by a random similarity transform. Their
-count per annotation therefore follows the real distribution. Synthetic features are written once into a
-feature store under ``--work`` (about 200 KB an annotation: 20 GB at 10^5) and reused.
+annotation is drawn from a real photo of an individual that is neither a query nor planted (its template): 85%
+of the template's descriptors and 15% of another template's, so its count is a real photo's, each with Gaussian
+noise whose size is the median distance of a real descriptor to its nearest neighbour in photos of other
+individuals (so that copies of one template are as far apart as unrelated real photos, not near-duplicates),
+its keypoints moved by a random similarity transform. Synthetic features are written once into a feature store
+under ``--work`` (about 200 KB an annotation: 20 GB at 10^5) and reused by every N.
 
 Phases, each in its own process so that ``peak_rss_mb`` is the index's own (the largest of build, add, query):
 
@@ -148,8 +148,13 @@ def generate(base: Path, plan: Mapping[str, Any], config: Any) -> Dict[str, Any]
         rng = np.random.default_rng([3, i])
         template = templates[int(rng.integers(len(templates)))]
         desc, xy = np.asarray(template["descriptors"]), np.asarray(template["keypoints"], np.float32)
-        keep = rng.random(len(desc)) < rng.uniform(0.7, 1.0)
-        desc, xy = desc[keep], xy[keep]
+        # 85% of the template's regions, the rest from another template: the real count, not the same set twice
+        other = templates[int(rng.integers(len(templates)))]
+        swap = rng.random(len(desc)) < 0.15
+        picks = rng.integers(0, max(len(other["descriptors"]), 1), int(swap.sum()))
+        if len(other["descriptors"]):
+            desc, xy = desc.copy(), xy.copy()
+            desc[swap], xy[swap] = np.asarray(other["descriptors"])[picks], np.asarray(other["keypoints"])[picks]
         start = int(rng.integers(0, len(table) - desc.size)) if desc.size else 0
         noisy = np.clip(desc.astype(np.int16) + table[start:start + desc.size].reshape(desc.shape), 0, 255)
         angle, scale = rng.uniform(-0.3, 0.3), rng.uniform(0.8, 1.25)
@@ -198,7 +203,7 @@ def phase_add(work: Path, plan: Mapping[str, Any], config: Any) -> Dict[str, Any
     index, added, _ = synced_index(path, config, plan["database"], features_of(work.parent, config), index=index)
     add_s = time.perf_counter() - start
     assert added == ADD, added
-    files = [p for p in path.parent.iterdir() if p.name.startswith("stage1.") and not p.name.endswith(".lock")]
+    files = [p for p in path.parent.iterdir() if p.name.startswith("stage1.")]
     return {"add_1000_s": add_s, "load_s": load_s, "add_rss_mb": rss_mb(), "annotations_indexed": len(index),
             "vectors": index.num_vectors, "features_per_annotation": index.num_vectors / len(index),
             "index_memory_bytes": index.index_bytes(),

@@ -46,6 +46,9 @@ SHORTLIST_ARRAY_KEYS = ("keypoints", "descriptors", "image_size")
 # Photos read, decoded and extracted per step: what is held in memory at once (raw bytes, then chips) is
 # at most this many photos and this many decoded pixels, whatever the size of the dataset.
 EXTRACT_CHUNK = 32
+# What ``features(..., keep=False)`` returns for a usable annotation whose features are in the store (read back
+# with ``FeatureStore.load`` when needed): a catalogue's features need not all be in memory at once.
+STORED: Dict[str, Any] = {}
 CHUNK_PIXELS = 1 << 28  # 268 megapixels: 805 MB of decoded BGR chips
 STALE_TEMP_SECONDS = 600  # a temporary file this old belongs to a writer that was killed mid-save
 TEMP_DIR = ".tmp"
@@ -150,6 +153,7 @@ class FeatureStore:
         progress: bool = True,
         on_error: OnError = "skip",
         kind: FeatureKind = "aliked",
+        keep: bool = True,
     ) -> Tuple[List[Optional[Dict[str, Any]]], List[Optional[str]], StoreReport]:
         """Features of each ``(image path, bbox)``: loaded when stored, otherwise extracted and stored.
 
@@ -157,6 +161,7 @@ class FeatureStore:
         chip too small to use; each is logged as a warning naming the file), the content keys (None when
         skipped), and a StoreReport with the counts. With ``on_error='raise'`` (a query, a pair) an unusable
         image raises ImageReadError instead of being skipped. ``kind='stage1'``: stage-1 features.
+        ``keep=False``: features that are in the store come back as ``STORED`` (checked readable, not held).
 
         Photos are read once, in order; those not in the store wait in a chunk (at most EXTRACT_CHUNK photos
         and CHUNK_PIXELS pixels) that is decoded, extracted and released before the next one fills.
@@ -175,7 +180,7 @@ class FeatureStore:
 
         def flush() -> None:
             nonlocal chunk_pixels
-            self._extract_chunk(chunk, sources, keys, feats, report, config, device, on_error, kind)
+            self._extract_chunk(chunk, sources, keys, feats, report, config, device, on_error, kind, keep)
             bar.update(len(chunk))
             chunk.clear()
             chunk_pixels = 0
@@ -191,6 +196,8 @@ class FeatureStore:
             feats[pos] = self.load(keys[pos], fingerprint)  # type: ignore[arg-type]
             if feats[pos] is not None:
                 report.loaded += 1
+                if not keep:
+                    feats[pos] = STORED
                 bar.update(1)
                 continue
             pixels = _chip_pixels(data, bbox)
@@ -210,7 +217,7 @@ class FeatureStore:
     def _extract_chunk(self, chunk: List[Tuple[int, bytes]], sources: Sequence[Tuple[Union[str, Path], Optional[BBox]]],
                        keys: List[Optional[str]], feats: List[Optional[Dict[str, Any]]], report: StoreReport,
                        config: Config, device: DeviceLike, on_error: OnError,
-                       kind: FeatureKind = "aliked") -> None:
+                       kind: FeatureKind = "aliked", keep: bool = True) -> None:
         photos = [(data, sources[pos][0], sources[pos][1]) for pos, data in chunk]
         for (pos, _), out in zip(chunk, extract_photos(photos, config, kind, device=device, on_error=on_error)):
             if isinstance(out, ImageReadError):  # not decodable: skipped (or raised) like an unreadable file
@@ -220,8 +227,8 @@ class FeatureStore:
                 keys[pos] = None
                 report.failed.append(out)
             else:
-                self.save(keys[pos], self.fingerprint(config, kind), out)  # type: ignore[arg-type]
-                feats[pos] = out
+                saved = self.save(keys[pos], self.fingerprint(config, kind), out)  # type: ignore[arg-type]
+                feats[pos] = STORED if saved is not None and not keep else out
                 report.extracted += 1
 
     @staticmethod
@@ -312,14 +319,16 @@ def annotation_features(
     progress: bool = True,
     on_error: OnError = "skip",
     kind: FeatureKind = "aliked",
+    keep: bool = True,
 ) -> StoredFeatures:
     """Features of ``annotations`` from ``store``; the unusable ones are dropped (and reported).
 
     ``on_error='raise'``: raise ImageReadError on the first unusable image instead of skipping it.
-    ``kind='stage1'``: the stage-1 features (engine.stage1) instead of ALIKED's.
+    ``kind='stage1'``: the stage-1 features (engine.stage1) instead of ALIKED's. ``keep=False``: those in the
+    store come back as ``STORED`` (``stored_features`` reads them back a chunk at a time).
     """
     feats, keys, report = store.features([(a.path, a.bbox) for a in annotations], config,
-                                         device=device, progress=progress, on_error=on_error, kind=kind)
+                                         device=device, progress=progress, on_error=on_error, kind=kind, keep=keep)
     kept = [i for i, f in enumerate(feats) if f is not None]
     return StoredFeatures([annotations[i] for i in kept], [feats[i] for i in kept],  # type: ignore[misc]
                           [keys[i] for i in kept], report)  # type: ignore[misc]
@@ -337,8 +346,24 @@ def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config,
     name = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
     path = store.root / "shortlist" / config.shortlist_fingerprint / f"{name}.npz"
     by_key = dict(zip(stored.keys, stored.features))
-    index, added, removed = synced_index(path if persist else None, config, list(by_key),
-                                         lambda keys: [by_key[k] for k in keys], device=device)
+    fingerprint = store.fingerprint(config, "stage1")
+
+    def features_of(keys: List[str]) -> List[Dict[str, Any]]:
+        return [stored_features(store, key, fingerprint, by_key[key]) for key in keys]
+
+    index, added, removed = synced_index(path if persist else None, config, list(by_key), features_of,
+                                         device=device)
     logger.info("stage-1 index %s: %d annotations (%d added, %d removed), %s, %d vectors",
                 path if persist else "(in memory)", len(index), added, removed, index.kind, index.num_vectors)
     return index
+
+
+def stored_features(store: FeatureStore, key: str, fingerprint: str, held: Dict[str, Any]) -> Dict[str, Any]:
+    """``held`` itself, or (when it is ``STORED``) the entry read back from the store."""
+    if held is not STORED:
+        return held
+    feats = store.load(key, fingerprint)
+    if feats is None:
+        raise ValueError(f"the features of {key} were in the store {store.root} a moment ago and are gone "
+                         "(removed or damaged meanwhile); run again")
+    return feats

@@ -72,8 +72,10 @@ class StoreSource:
         self._forget_last_query(mode)
         q = annotation_features([query], self.store, self.config, progress=False, on_error="raise", kind=kind)
         if self._db is None:
+            # stage 1: the database's features are read back from the store as the index needs them, a chunk at
+            # a time (a catalogue's do not fit in memory); ALIKED's stay in memory (exhaustive mode uses all)
             self._db = annotation_features(self.database.annotations, self.store, self.config,
-                                           progress=self.progress, kind=kind)
+                                           progress=self.progress, kind=kind, keep=kind == "aliked")
             self.database_report = self._db.report
             self._key.update({id(a): k for a, k in zip(self._db.annotations, self._db.keys)})
             if kind == "aliked":

@@ -15,6 +15,7 @@ their own modules.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -513,20 +514,20 @@ def load_index(path: Union[str, Path], config: ConfigLike = None, *, device: Any
 
 @contextmanager
 def _writer_lock(path: Optional[Path]) -> Iterator[None]:
-    """One process at a time loads, syncs and saves the index at ``path`` (an aggregated index appends to its
-    vectors file in place: two writers would interleave)."""
+    """One process at a time loads, syncs and saves an index in ``path``'s folder (an aggregated index appends to
+    its vectors file in place: two writers would interleave). The folder itself is locked: no lock file."""
     if path is None:
         yield
         return
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
