@@ -80,7 +80,9 @@ class AggregatedIndex:
     kind = "aggregated"
 
     def __init__(self, config: ConfigLike = None, *, device: Any = None, candidates: int = CANDIDATES,
-                 probes: int = PROBES):
+                 probes: int = PROBES, home: Optional[Path] = None):
+        """``home``: where the index will be saved; its vectors file is written beside it from the start (else in
+        a private temporary folder, copied there at the first ``save``)."""
         config = resolve_config(config)
         self.fingerprint: str = config.shortlist_fingerprint
         self.k = int(config["shortlist_knn"])
@@ -98,6 +100,7 @@ class AggregatedIndex:
         self._vectors_end = 0  # bytes of it this index owns (a killed writer's tail beyond is ignored)
         self._dead = 0  # bytes of removed annotations still in the vectors file
         self._scratch: Optional[str] = None  # a private folder holding the vectors file until the first save
+        self._home = Path(home) if home is not None else None
         self._handle: Any = None
 
     # ------------------------------------------------------------------ contents
@@ -234,7 +237,7 @@ class AggregatedIndex:
         VLAD: residuals to the nearest word summed per word, signed square root, each word's block
         L2-normalised (intra-normalisation: no single bursty word dominates), then the whole vector.
         """
-        import faiss
+        from scipy.sparse import csr_matrix
 
         assert self._centroids is not None
         words: List[np.ndarray] = []
@@ -242,16 +245,15 @@ class AggregatedIndex:
         counts = np.asarray([len(d) for d in descs], np.int64)
         if counts.sum():
             flat = np.concatenate(descs).astype(np.float32)
-            _, word = faiss.knn(flat, self._centroids, 1)
-            word = word[:, 0]
+            # nearest word = argmax of 2 x.c - |c|^2: one BLAS product
+            word = np.argmax(flat @ (2 * self._centroids.T) - (self._centroids ** 2).sum(1), axis=1)
             words = np.split(word.astype(np.uint8), np.cumsum(counts)[:-1])
             group = np.repeat(np.arange(len(descs)) * WORDS, counts) + word  # (annotation, word) of each
-            order = np.argsort(group, kind="stable")
-            group = group[order]
-            starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
             cells = out.reshape(-1, DIM)
-            # sum of residuals = sum of the word's descriptors - their count x the word
-            cells[group[starts]] = np.add.reduceat(flat[order], starts, axis=0)
+            # sum of residuals = sum of the word's descriptors - their count x the word (a sparse one-hot product)
+            onehot = csr_matrix((np.ones(len(flat), np.float32), (group, np.arange(len(flat)))),
+                                shape=(len(cells), len(flat)))
+            cells[:] = onehot @ flat
             cells -= np.bincount(group, minlength=len(cells))[:, None] * np.tile(self._centroids, (len(descs), 1))
         out = np.sign(out) * np.sqrt(np.abs(out))
         out /= np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
@@ -263,6 +265,9 @@ class AggregatedIndex:
 
     # ------------------------------------------------------------------ the vectors file
     def _writer(self) -> Any:
+        if self._vectors is None and self._home is not None:
+            self._vectors = _unused_vectors_name(self._home)
+            self._vectors.touch()
         if self._vectors is None:
             self._scratch = tempfile.mkdtemp(prefix="wbia-lightglue-stage1-")
             weakref.finalize(self, shutil.rmtree, self._scratch, True)
@@ -411,7 +416,7 @@ class AggregatedIndex:
         assert vectors is not None
         if vectors.parent.resolve() != path.parent.resolve() or not vectors.name.startswith(path.stem + "."):
             # first save here: the vectors file moves beside the index, under the index's name
-            target = path.with_name(f"{path.stem}.0.vectors")
+            target = _unused_vectors_name(path)
             with open(vectors, "rb") as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 24)
             if self._handle is not None:
@@ -480,6 +485,15 @@ class AggregatedIndex:
                 raise ValueError(f"stage-1 index {path} is damaged (annotation {index._keys[row]!r}'s descriptors "
                                  "disagree with its VLAD vector)")
         return index
+
+
+def _unused_vectors_name(home: Path) -> Path:
+    """``<stem>.<n>.vectors`` beside ``home`` with a number no file there has yet: the vectors file a saved index
+    names stays intact until the index replacing it is saved."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.rsplit(".", 2)[1]) for p in home.parent.glob(f"{home.stem}.*.vectors")
+             if p.name.rsplit(".", 2)[1].isdigit()]
+    return home.with_name(f"{home.stem}.{max(taken, default=-1) + 1}.vectors")
 
 
 def _padded(dist: np.ndarray, ids: np.ndarray, fetch: int) -> Tuple[np.ndarray, np.ndarray]:

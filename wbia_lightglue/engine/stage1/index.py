@@ -558,7 +558,8 @@ def synced_index(path: Optional[Path], config: Config, keys: Sequence[str],
             logger.info("stage-1 index: %d annotations, rebuilding it as %s", len(set(keys)), wanted.__name__)
             index = None
         if index is None:
-            index = wanted(config, device=device)
+            index = AggregatedIndex(config, device=device, home=path) if wanted is AggregatedIndex else \
+                Stage1Index(config, device=device)
         added, removed = index.sync(list(keys), features_of)
         if path is not None and (added or removed or not path.is_file()) and not (
                 isinstance(index, AggregatedIndex) and index.empty):
