@@ -49,6 +49,7 @@ from wbia_lightglue.engine.config import load_config  # noqa: E402
 from wbia_lightglue.engine.stage1 import (  # noqa: E402
     AggregatedIndex,
     Neighbours,
+    build_index,
     load_index,
     merge_neighbours,
     score_neighbours,
@@ -229,9 +230,26 @@ def phase_query(work: Path, plan: Mapping[str, Any], config: Any, candidates: Se
                 ranked.append(sorted(result.scores, key=lambda k: -result.scores[k])[:TOP])
             sweep[str(count)] = ranked
     (work / "query_tops.json").write_text(json.dumps({"default": tops, "sweep": sweep}))
+    # how often a photo of the query's individual (same flank) is in the top 20: here, and for exact LNBNN over the
+    # planted real photos alone (no synthetic annotations: what the catalogue and the index cost, together)
+    group_of = {k: tuple(g) for k, g in zip(plan["planted"], plan["planted_groups"])}
+    groups = [tuple(g) for g in plan["query_groups"]]
+
+    def hit(ranked: Sequence[Sequence[str]]) -> float:
+        return float(np.mean([any(group_of.get(k) == g for k in top) for top, g in zip(ranked, groups)]))
+
+    alone = build_index(plan["planted"], features_of(work.parent, config)(plan["planted"]),
+                        load_config(None, shortlist_index="flat"))
+    alone_tops = []
+    for feats in queries:
+        result = alone.search(feats)
+        alone_tops.append(sorted(result.scores, key=lambda k: -result.scores[k])[:TOP])
     return {"query_s": times, "query_p50_s": float(np.percentile(times, 50)),
             "query_p95_s": float(np.percentile(times, 95)), "query_rss_mb": rss_mb(),
-            "candidates": getattr(index, "candidates", None)}
+            "candidates": getattr(index, "candidates", None),
+            "individual_in_top_20_all_queries": {
+                "index": hit(tops), "planted real photos alone, exact": hit(alone_tops),
+                **{f"candidates {c}": hit(t) for c, t in sweep.items()}}}
 
 
 def exact_tops(index: Any, queries: Sequence[Mapping[str, Any]]) -> List[List[str]]:
@@ -302,9 +320,10 @@ def main(argv: Sequence[str] = ()) -> int:
                         help="other VLAD candidate counts whose recall is measured too")
     parser.add_argument("--phases", nargs="*", default=["build", "add", "query", "exact"],
                         help="phases to run after the synthetic features are generated (none: only generate)")
+    parser.add_argument("--index", default="auto", help="shortlist_index (default %(default)s: aggregated beyond 10^4)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = parser.parse_args(list(argv) or None)
-    config = load_config(None)
+    config = load_config(None, shortlist_index=args.index)
     work = args.work / f"n{args.annotations}"
     work.mkdir(parents=True, exist_ok=True)
     if args.phase:
@@ -324,8 +343,9 @@ def main(argv: Sequence[str] = ()) -> int:
     for phase in args.phases:
         if phase == "exact" and args.exact_queries == 0:
             continue
-        cmd = [sys.executable, __file__, "--phase", phase, "--annotations", str(args.annotations), "--work",
-               str(args.work), "--exact-queries", str(args.exact_queries), "--candidates", *map(str, args.candidates)]
+        cmd = [sys.executable, __file__, "--phase", phase, "--annotations", str(args.annotations), "--index",
+               args.index, "--work", str(args.work), "--exact-queries", str(args.exact_queries), "--candidates",
+               *map(str, args.candidates)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:

@@ -24,6 +24,10 @@ atomically after its sidecars are complete, so a killed save leaves the previous
 no ``.npz`` names are removed at the next save. Adding annotations appends to the vectors file and the VLAD
 index (nothing is re-trained: the vocabulary is fixed when the index is first filled); removing marks their
 bytes dead, and the vectors file is compacted when more than half of it is dead.
+
+This module is over 400 lines because the in-memory VLAD index, the vectors file and the saved ``.npz`` share
+private state (rows, offsets, the file's owned length) that search, growth, compaction and the load checks all
+keep in step; the voting itself is :mod:`.lnbnn`'s.
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import tempfile
 import weakref
 from pathlib import Path
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     Collection,
@@ -53,10 +56,7 @@ import numpy as np
 from ...files import atomic_write
 from ..config import ConfigError, ConfigLike, resolve_config
 from .features import DIM
-from .lnbnn import Neighbours
-
-if TYPE_CHECKING:
-    from .index import Stage1Scores
+from .lnbnn import Neighbours, Stage1Scores, score_neighbours
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -347,10 +347,8 @@ class AggregatedIndex:
         return np.asarray([r for r in rows if r not in excluded][:wanted], np.int64)
 
     def search(self, features: Mapping[str, Any], exclude: Collection[str] = (), spatial_top: int = 50,
-               candidates: Optional[int] = None, probes: Optional[int] = None) -> "Stage1Scores":
+               candidates: Optional[int] = None, probes: Optional[int] = None) -> Stage1Scores:
         """Stage-1 scores of every annotation: LNBNN over the VLAD candidates' descriptors, 0 for the rest."""
-        from .index import Stage1Scores, score_neighbours
-
         scores = dict.fromkeys(self._keys, 0.0)
         rows = self.candidate_rows(features, exclude, candidates)
         desc = np.asarray(features["descriptors"], np.uint8)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from ...files import STALE_TEMP_SECONDS, atomic_write, remove_stale_temp_files
 from ..config import Config, ConfigError, ConfigLike, resolve_config
 from .aggregated import AggregatedIndex
 from .features import DIM
-from .lnbnn import Neighbours, lnbnn_votes, spatial_check
+from .lnbnn import Neighbours, Stage1Scores, score_neighbours
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -42,18 +41,6 @@ PQ_BYTES = 32  # ivfpq: bytes per vector (vs 128 for the 8-bit scalar quantiser)
 INDEX_FORMAT = 1
 KINDS = ("flat", "ivf", "ivfpq")
 SPOT_CHECKS = 256  # stored vectors of a flat index compared with the raw descriptors at load
-
-
-@dataclass
-class Stage1Scores:
-    """Stage-1 scores of one query: ``scores[key]`` for every annotation in the index (0 = no vote)."""
-
-    scores: Dict[str, float]
-    votes: int  # query descriptors that voted
-
-    def ranked(self, keys: Sequence[str]) -> np.ndarray:
-        """The scores of ``keys`` in that order (0 for a key absent from the index)."""
-        return np.asarray([self.scores.get(k, 0.0) for k in keys], np.float64)
 
 
 class Stage1Index:
@@ -429,29 +416,6 @@ class Stage1Index:
         if self._faiss is None:
             self._rebuild()
         return added, removed
-
-
-def score_neighbours(table: Neighbours, features: Mapping[str, Any], slot_keys: Sequence[str],
-                     slot_of: Mapping[str, int], keys: Iterable[str], k: int, exclude: Collection[str] = (),
-                     spatial: bool = True, spatial_top: int = 50) -> Stage1Scores:
-    """LNBNN votes over a query's neighbour ``table`` (then the spatial check): the scores of ``keys``.
-
-    The one scoring of a search, whether the table came from one index (``Stage1Index.search``) or was merged
-    from the tables of shards (``lnbnn.merge_neighbours``): slot ``s`` of the table is annotation
-    ``slot_keys[s]``, ``slot_of`` maps each key of ``keys`` to its slot.
-    """
-    scores = {key: 0.0 for key in keys}
-    excluded = {slot_of[key] for key in exclude if key in slot_of}
-    positions = np.arange(table.dist.size, dtype=np.int64).reshape(table.dist.shape)  # a vector per table cell
-    votes = lnbnn_votes(table.dist, positions, table.slots, k, excluded)
-    totals = np.bincount(votes.slots, weights=votes.weights, minlength=len(slot_keys))
-    for slot in np.flatnonzero(totals):
-        scores[slot_keys[slot]] = float(totals[slot])
-    if spatial:
-        size = float(max(np.asarray(features["image_size"]).max(), 1))
-        spatial_check(scores, dict(slot_of), votes, np.asarray(features["keypoints"], np.float32),
-                      table.xy.reshape(-1, 2), size, spatial_top)
-    return Stage1Scores(scores, votes.voters)
 
 
 class _ForeignIndex(ValueError):

@@ -12,7 +12,7 @@ of shards of one database merge exactly (:func:`merge_neighbours`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Set
+from typing import Any, Collection, Dict, Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
@@ -113,3 +113,38 @@ def spatial_check(scores: Dict[str, float], slot_of: Dict[str, int], votes: Vote
     for key in rest:  # below every verified candidate, in their raw order
         scores[key] = floor * 0.999 * scores[key] / peak if peak > 0 else 0.0
     scores.update(verified)
+
+
+@dataclass
+class Stage1Scores:
+    """Stage-1 scores of one query: ``scores[key]`` for every annotation in the index (0 = no vote)."""
+
+    scores: Dict[str, float]
+    votes: int  # query descriptors that voted
+
+    def ranked(self, keys: Sequence[str]) -> np.ndarray:
+        """The scores of ``keys`` in that order (0 for a key absent from the index)."""
+        return np.asarray([self.scores.get(k, 0.0) for k in keys], np.float64)
+
+
+def score_neighbours(table: Neighbours, features: Mapping[str, Any], slot_keys: Sequence[str],
+                     slot_of: Mapping[str, int], keys: Iterable[str], k: int, exclude: Collection[str] = (),
+                     spatial: bool = True, spatial_top: int = 50) -> Stage1Scores:
+    """LNBNN votes over a query's neighbour ``table`` (then the spatial check): the scores of ``keys``.
+
+    The one scoring of a search, whether the table came from one index (``Stage1Index.search``) or was merged
+    from the tables of shards (``lnbnn.merge_neighbours``): slot ``s`` of the table is annotation
+    ``slot_keys[s]``, ``slot_of`` maps each key of ``keys`` to its slot.
+    """
+    scores = {key: 0.0 for key in keys}
+    excluded = {slot_of[key] for key in exclude if key in slot_of}
+    positions = np.arange(table.dist.size, dtype=np.int64).reshape(table.dist.shape)  # a vector per table cell
+    votes = lnbnn_votes(table.dist, positions, table.slots, k, excluded)
+    totals = np.bincount(votes.slots, weights=votes.weights, minlength=len(slot_keys))
+    for slot in np.flatnonzero(totals):
+        scores[slot_keys[slot]] = float(totals[slot])
+    if spatial:
+        size = float(max(np.asarray(features["image_size"]).max(), 1))
+        spatial_check(scores, dict(slot_of), votes, np.asarray(features["keypoints"], np.float32),
+                      table.xy.reshape(-1, 2), size, spatial_top)
+    return Stage1Scores(scores, votes.voters)
