@@ -61,6 +61,11 @@ ADD = 1000
 TOP = 20
 
 
+def top_keys(result: Any) -> List[str]:
+    """The ``TOP`` best-scored annotations of a stage-1 search."""
+    return sorted(result.scores, key=lambda k: -result.scores[k])[:TOP]
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -220,14 +225,14 @@ def phase_query(work: Path, plan: Mapping[str, Any], config: Any, candidates: Se
         start = time.perf_counter()
         result = index.search(feats)
         times.append(time.perf_counter() - start)
-        tops.append(sorted(result.scores, key=lambda k: -result.scores[k])[:TOP])
+        tops.append(top_keys(result))
     sweep = {}
     if isinstance(index, AggregatedIndex):
         for count in candidates:
             ranked = []
             for feats in queries:
                 result = index.search(feats, candidates=count)
-                ranked.append(sorted(result.scores, key=lambda k: -result.scores[k])[:TOP])
+                ranked.append(top_keys(result))
             sweep[str(count)] = ranked
     (work / "query_tops.json").write_text(json.dumps({"default": tops, "sweep": sweep}))
     # how often a photo of the query's individual (same flank) is in the top 20: here, and for exact LNBNN over the
@@ -243,7 +248,7 @@ def phase_query(work: Path, plan: Mapping[str, Any], config: Any, candidates: Se
     alone_tops = []
     for feats in queries:
         result = alone.search(feats)
-        alone_tops.append(sorted(result.scores, key=lambda k: -result.scores[k])[:TOP])
+        alone_tops.append(top_keys(result))
     return {"query_s": times, "query_p50_s": float(np.percentile(times, 50)),
             "query_p95_s": float(np.percentile(times, 95)), "query_rss_mb": rss_mb(),
             "candidates": getattr(index, "candidates", None),
@@ -280,7 +285,7 @@ def exact_tops(index: Any, queries: Sequence[Mapping[str, Any]]) -> List[List[st
         part = Neighbours(table.dist[bounds[q]:bounds[q + 1]], table.slots[bounds[q]:bounds[q + 1]],
                           table.xy[bounds[q]:bounds[q + 1]])
         result = score_neighbours(part, feats, keys, row_of, keys, index.k, (), index.spatial, 50)
-        tops.append(sorted(result.scores, key=lambda k: -result.scores[k])[:TOP])
+        tops.append(top_keys(result))
     return tops
 
 
