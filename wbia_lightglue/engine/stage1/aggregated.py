@@ -61,9 +61,9 @@ from .lnbnn import Neighbours, Stage1Scores, score_neighbours
 logger = logging.getLogger("wbia_lightglue")
 
 WORDS = 64  # VLAD visual words: 8,192 dimensions (16 KiB an annotation in float16)
-# Chosen on the left flanks of ../shared/data/nyala (599 photos, 40 queries; benchmarks/scale.py reports on right
-# flanks): candidates 100 / 200 / 400 kept 0.40 / 0.56 / 0.71 of exact LNBNN's top 20, probes 2 / 3 / 5 at 400
-# 0.66 / 0.71 / 0.75 for 0.66 / 0.73 / 1.04 s a query.
+# Chosen on the left flanks of ../shared/data/nyala (benchmarks/aggregated_settings.py: 599 photos, 40 queries;
+# benchmarks/scale.py reports on right flanks): 100 / 200 / 400 candidates kept 0.40 / 0.56 / 0.71 of exact
+# LNBNN's top 20 (3 probes); at 400, probes 2 / 3 / 5 kept 0.66 / 0.71 / 0.75 for 0.66 / 0.73 / 1.04 s a query.
 CANDIDATES = 400  # annotations LNBNN re-scores per query
 PROBES = 3  # words a query descriptor's neighbours are looked for in (of WORDS; WORDS = exact kNN)
 TRAIN_SAMPLE = 100_000  # descriptors the vocabulary is trained on (k-means, deterministic)
