@@ -149,6 +149,8 @@ class AggregatedIndex:
             xys.append(xy)
         if not keys:
             return 0
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key appears twice among the annotations added")
         self.remove([k for k in keys if k in self._row])
         if self._centroids is None:
             self._train(descs)
@@ -206,10 +208,14 @@ class AggregatedIndex:
     def sync(self, keys: Sequence[str], features_of: Callable[[List[str]], Sequence[Mapping[str, Any]]]
              ) -> Tuple[int, int]:
         """Make the index hold exactly ``keys`` (features asked for a chunk at a time); returns (added, removed)."""
+        from tqdm.auto import tqdm
+
         wanted = set(keys)
         removed = self.remove([k for k in self._keys if k not in wanted])
         missing = [k for k in dict.fromkeys(keys) if k not in self._row]
-        return self.add_stream(missing, features_of), removed
+        with tqdm(total=len(missing), desc="stage-1 index", unit="annot", disable=len(missing) <= ADD_CHUNK) as bar:
+            added = self.add_stream(missing, features_of, progress=bar.update)
+        return added, removed
 
     def _train(self, descs: Sequence[np.ndarray]) -> None:
         import faiss
