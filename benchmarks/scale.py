@@ -55,6 +55,7 @@ from wbia_lightglue.engine.stage1 import (  # noqa: E402
     score_neighbours,
     synced_index,
 )
+from wbia_lightglue.engine.stage1.aggregated import neighbour_table  # noqa: E402
 
 WORK = RESULTS / "scale"
 ADD = 1000
@@ -271,10 +272,7 @@ def exact_tops(index: Any, queries: Sequence[Mapping[str, Any]]) -> List[List[st
         for rows, desc, xy in index.iter_rows(1 << 21):
             owner = np.repeat(rows, index._count[rows])
             dist2, ids = faiss.knn(stacked, desc.astype(np.float32), min(fetch, len(desc)))
-            found = ids >= 0
-            safe = np.maximum(ids, 0)
-            part = Neighbours(np.sqrt(np.maximum(dist2, 0)).astype(np.float32), np.where(found, owner[safe], -1),
-                              np.where(found[..., None], xy[safe], 0).astype(np.float32))
+            part = neighbour_table(np.sqrt(np.maximum(dist2, 0)), ids, owner, xy)
             table = part if table is None else merge_neighbours([table, part], fetch)
             bar.update(len(desc))
     assert table is not None

@@ -30,7 +30,7 @@ from ..engine.config import Config
 from ..engine.device import DeviceLike
 from ..engine.extraction import InvalidChipError, OnError, check_on_error, extract_features
 from ..engine.match_types import failure
-from ..engine.stage1 import Stage1Index, extract_stage1_features, synced_index
+from ..engine.stage1 import AnyIndex, extract_stage1_features, synced_index
 from ..files import atomic_write, remove_stale_temp_files
 from .dataset import Annotation
 from .images import BBox, ImageReadError, decode_image, image_size, read_image_bytes
@@ -335,7 +335,7 @@ def annotation_features(
 
 
 def shortlist_index(store: FeatureStore, stored: StoredFeatures, config: Config, database: Union[str, Path], *,
-                    device: Any = None, persist: bool = True) -> Stage1Index:
+                    device: Any = None, persist: bool = True) -> AnyIndex:
     """The stage-1 index of a database's annotations, persisted beside the feature store.
 
     File: ``<store root>/shortlist/<config.shortlist_fingerprint>/<digest of the database path>.npz``.

@@ -16,7 +16,7 @@ from ..data.store import FeatureKind, FeatureStore, StoredFeatures, StoreReport,
 from ..engine.config import Config, ConfigError, Mode
 from ..engine.extraction import OnError
 from ..engine.scoring import match_scores
-from ..engine.stage1 import Stage1Index
+from ..engine.stage1 import AnyIndex
 
 logger = logging.getLogger("wbia_lightglue")
 
@@ -60,7 +60,7 @@ class StoreSource:
         self.database_report = StoreReport()
         self.query_report = StoreReport()
         self._db: Optional[StoredFeatures] = None  # the database's features of the kind the mode needs
-        self._index: Optional[Stage1Index] = None
+        self._index: Optional[AnyIndex] = None
         self._key: Dict[int, str] = {}  # id(annotation) -> store key
         self._aliked: Dict[str, Dict[str, Any]] = {}  # store key -> ALIKED features held in memory
         self._query_stage1: Dict[int, Any] = {}  # id(query) -> its stage-1 features and key

@@ -15,7 +15,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .. import core
-from ..engine.stage1 import Stage1Index, extract_stage1_features, synced_index
+from ..engine.stage1 import AnyIndex, extract_stage1_features, synced_index
 from .chips import annot_chips
 from .configs import ConfigPath, as_config
 from .registry import register_ibs_method
@@ -55,7 +55,7 @@ def _shortlist_path(ibs, config: core.Config) -> Path:
     return Path(ibs.get_cachedir()) / "lightglue_shortlist" / f"{config.shortlist_fingerprint}.npz"
 
 
-def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[Stage1Index, List[str]]:
+def _stage1_index(ibs, aids: Sequence[int], config: core.Config) -> Tuple[AnyIndex, List[str]]:
     """The database's stage-1 index, brought in step with ``aids`` (added / removed incrementally)."""
     keys = [str(u) for u in ibs.get_annot_visual_uuids(list(aids))]
     cache_key = (str(ibs.get_dbdir()), config.shortlist_fingerprint)

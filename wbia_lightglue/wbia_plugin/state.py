@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Dict, Iterator, Optional, Sequence, Set, Tuple
 
 if TYPE_CHECKING:
-    from ..engine.stage1 import Stage1Index
+    from ..engine.stage1 import AnyIndex
 
 
 class PluginState:
@@ -34,7 +34,7 @@ class PluginState:
     def __init__(self) -> None:
         self.failures: Dict[Tuple[int, str], str] = {}
         self._failures_lock = threading.Lock()  # the dict is shared by every thread of the process
-        self.stage1_indexes: Dict[Tuple[str, str], "Stage1Index"] = {}
+        self.stage1_indexes: Dict[Tuple[str, str], "AnyIndex"] = {}
         self.indexed_as: Dict[Tuple[str, int], str] = {}
 
     def remember_failure(self, aid: int, feature_fingerprint: str, error: str) -> None:
@@ -49,7 +49,7 @@ class PluginState:
         """The visual UUIDs ``aids`` of database ``dbdir`` were indexed under, no longer remembered."""
         return {self.indexed_as.pop((dbdir, int(aid)), "") for aid in aids} - {""}
 
-    def indexes_of(self, dbdir: str) -> Iterator["Stage1Index"]:
+    def indexes_of(self, dbdir: str) -> Iterator["AnyIndex"]:
         """The live stage-1 indexes of database ``dbdir`` (one per stage-1 fingerprint)."""
         return (index for (index_dbdir, _), index in self.stage1_indexes.items() if index_dbdir == dbdir)
 

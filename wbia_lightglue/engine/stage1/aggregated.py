@@ -366,10 +366,7 @@ class AggregatedIndex:
         dist, ids = self.knn(desc.astype(np.float32), np.concatenate([p[0] for p in parts]).astype(np.float32),
                              np.concatenate([p[2] for p in parts]), self.k + 1,
                              self.probes if probes is None else int(probes))
-        found = ids >= 0
-        safe = np.maximum(ids, 0)
-        table = Neighbours(dist, np.where(found, owner[safe], -1),
-                           np.where(found[..., None], database_xy[safe], 0).astype(np.float32))
+        table = neighbour_table(dist, ids, owner, database_xy)
         keys = [self._keys[int(r)] for r in rows]
         result = score_neighbours(table, features, keys, {key: i for i, key in enumerate(keys)}, keys, self.k,
                                   (), self.spatial, spatial_top)
@@ -489,6 +486,15 @@ class AggregatedIndex:
                 raise ValueError(f"stage-1 index {path} is damaged (annotation {index._keys[row]!r}'s descriptors "
                                  "disagree with its VLAD vector)")
         return index
+
+
+def neighbour_table(dist: np.ndarray, ids: np.ndarray, owner: np.ndarray, xy: np.ndarray) -> Neighbours:
+    """The :class:`Neighbours` of a kNN over concatenated descriptors: ``owner[i]`` / ``xy[i]`` are the annotation
+    slot / keypoint of descriptor ``i``; id -1 (none found) becomes slot -1."""
+    found = ids >= 0
+    safe = np.maximum(ids, 0)
+    return Neighbours(np.asarray(dist, np.float32), np.where(found, owner[safe], -1),
+                      np.where(found[..., None], xy[safe], 0).astype(np.float32))
 
 
 def _unused_vectors_name(home: Path) -> Path:
